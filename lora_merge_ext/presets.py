@@ -1,0 +1,89 @@
+"""The lbw preset file: one preset per line, ``NAME:v1,v2,…``.
+
+Blank lines and lines starting with ``#`` are ignored.  A name may appear once per model
+family: with 17 or 26 values (SD1/SD2) and again with 12 or 20 values (SDXL); parse_lbw
+picks the form that fits the model.  Bad lines are skipped and described in
+``Presets.problems`` (with line numbers); loading never fails because of a bad line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import LoraMergeError
+from .lbw import lbw_values
+from .lbw_blocks import FAMILY_LENGTHS
+from .sigma import show
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "preset.txt"
+_BAD_NAME_CHARS = frozenset(",=<>")
+_GROUPS = {17: "SD1/SD2", 26: "SD1/SD2", 12: "SDXL", 20: "SDXL"}
+
+
+class Presets(dict):
+    """name → list of value strings (at most one per family, in file order).
+
+    ``problems``: one line per skipped line; ``skipped``: name → why its line was skipped.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.problems: list[str] = []
+        self.skipped: dict[str, str] = {}
+
+
+def _check_line(line: str, first_seen: dict) -> tuple[str, str]:
+    """(name, values) of a preset line; LoraMergeError saying what is wrong otherwise."""
+    name, colon, values = line.partition(":")
+    name, values = name.strip(), values.strip()
+    if not colon:
+        raise LoraMergeError("expected NAME:v1,v2,…")
+    if not name or any(c in _BAD_NAME_CHARS or c.isspace() for c in name):
+        raise LoraMergeError(f"'{show(name)}' is not a usable preset name (no spaces, commas, '=', '<' or '>')")
+    numbers = lbw_values(values, 1.0, f"preset '{show(name)}'")
+    group = _GROUPS.get(len(numbers))
+    if group is None:
+        raise LoraMergeError(f"preset '{show(name)}' has {len(numbers)} values; expected 12, 17, 20 or 26")
+    if (name, group) in first_seen:
+        raise LoraMergeError(f"preset '{show(name)}' already has a {group} form (line {first_seen[name, group]})")
+    return name, values
+
+
+def parse_presets(text: str) -> Presets:
+    """Presets from the text of a preset file."""
+    presets = Presets()
+    first_seen: dict[tuple[str, str], int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            name, values = _check_line(line, first_seen)
+        except LoraMergeError as exc:
+            problem = f"line {number}: {exc}"
+            presets.problems.append(problem)
+            presets.skipped.setdefault(line.partition(":")[0].strip(), problem)
+            continue
+        first_seen[name, _GROUPS[values.count(",") + 1]] = number
+        presets.setdefault(name, []).append(values)
+    return presets
+
+
+def load_presets(path: str | Path | None = None) -> Presets:
+    """Read a preset file (default: preset.txt in the project root)."""
+    path = Path(path) if path is not None else DEFAULT_PATH
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LoraMergeError(f"{path}: cannot read the preset file ({exc.strerror or exc})") from None
+    return parse_presets(data.decode("utf-8", errors="replace"))
+
+
+def preset_names(presets: dict, family: str | None = None) -> list[str]:
+    """Preset names in file order; with a family, only those with a form that fits it."""
+    if family is None:
+        return list(presets)
+    if family not in FAMILY_LENGTHS:
+        raise LoraMergeError(f"unknown model family '{show(str(family))}'; expected one of {', '.join(FAMILY_LENGTHS)}")
+    lengths = FAMILY_LENGTHS[family]
+    return [name for name, forms in presets.items() if any(f.count(",") + 1 in lengths for f in forms)]
+
