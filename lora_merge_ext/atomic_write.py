@@ -1,0 +1,146 @@
+"""Write a file atomically: a temporary file in the same folder, then os.replace.
+
+Either the new file is complete at `path`, or `path` is exactly as it was and no temporary file is
+left behind. Refuses (before writing anything) a target that is one of the protected paths (inputs),
+an existing file unless overwrite, a missing folder, a folder as target, and a name too long.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+from typing import Iterable
+
+from .errors import LoraMergeError
+from .safetensors_header import show
+
+TEMP_SUFFIX = ".lora-merge.tmp"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when a and b name the same file: same resolved path, or the same inode (hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_target(path: os.PathLike | str, *, overwrite: bool = False, protect: Iterable = ()) -> Path:
+    """Refuse a target path that must not be written; returns it as a Path."""
+    target = Path(path)
+    where = show(target, 400)
+    for guarded in protect:
+        if _same_file(target, Path(guarded)):
+            raise LoraMergeError(f"{where}: refusing to write over an input file ({show(guarded, 200)})")
+    folder = target.parent
+    if target.name in ("", ".", ".."):
+        raise LoraMergeError(f"{where}: not a file name")
+    if not folder.is_dir():
+        raise LoraMergeError(f"{where}: folder {show(folder, 200)} does not exist")
+    if target.is_dir():
+        raise LoraMergeError(f"{where}: is a folder, expected a file name")
+    if os.path.lexists(target) and not overwrite:
+        raise LoraMergeError(f"{where}: file exists (choose another name or allow overwrite)")
+    if len(os.fsencode(target.name)) > _name_max(folder):
+        raise LoraMergeError(f"{where}: file name is {len(os.fsencode(target.name))} bytes, "
+                             f"longer than the {_name_max(folder)} this folder allows")
+    return target
+
+
+def _create_temp(folder: Path) -> tuple[int, Path]:
+    """A new, exclusively created temporary file (mode from the umask, as a normal file gets)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        temp = folder / f".{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        try:
+            return os.open(temp, flags, 0o666), temp
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, "could not create a temporary file", str(folder))
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view[: 1 << 26])
+        if written <= 0:
+            raise OSError(errno.EIO, "write returned no progress")
+        view = view[written:]
+
+
+def _sync_folder(folder: Path) -> None:
+    """Best effort: make the rename durable (not possible on every platform)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(temp: Path, target: Path, overwrite: bool) -> None:
+    """Rename temp to target. Without overwrite, a hard link makes "create only if absent" atomic, so a
+    file that appeared since check_target is never replaced; folders without hard links fall back to a
+    re-check and os.replace."""
+    if not overwrite:
+        try:
+            os.link(temp, target)
+        except FileExistsError:
+            raise LoraMergeError(f"{show(target, 400)}: file exists (it appeared while writing; "
+                                 "choose another name or allow overwrite)") from None
+        except OSError:
+            if os.path.lexists(target):
+                raise LoraMergeError(f"{show(target, 400)}: file exists (choose another name or allow overwrite)") from None
+        else:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass  # the file is in place; a stray temporary name is not worth failing for
+            return
+    os.replace(temp, target)
+
+
+def write_bytes_atomic(path: os.PathLike | str, data: bytes | memoryview, *, overwrite: bool = False,
+                       protect: Iterable = ()) -> Path:
+    """Write data to path atomically after check_target; on any OSError, nothing changes at path,
+    the temporary file is removed and a LoraMergeError names the path and the reason."""
+    target = check_target(path, overwrite=overwrite, protect=protect)
+    temp = None
+    fd = -1
+    try:
+        fd, temp = _create_temp(target.parent)
+        _write_all(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        _move_into_place(temp, target, overwrite)
+        temp = None
+    except OSError as e:
+        raise LoraMergeError(f"{show(target, 400)}: could not write the file: {show(e.strerror or e, 200)}") from None
+    finally:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if temp is not None:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+    _sync_folder(target.parent)
+    return target
