@@ -33,13 +33,13 @@ def to_slots(values: list[float]) -> dict[str, float]:
     return slots
 
 
-_N = r"([0-9]{1,3})(?:_|$)"  # a block index, then "_" or the end: input_blocks_1_ never matches input_blocks_10_
+_N = r"([0-9]{1,3})(?:_|\Z)"  # a block index, then "_" or the end: input_blocks_1_ never matches input_blocks_10_
 _TE = re.compile(r"lora_te[12]?_")
 _SGM = re.compile(r"lora_unet_(?:(middle_block)_|(input_blocks|output_blocks)_" + _N + ")")
 _DOWN = re.compile(r"lora_unet_down_blocks_([0-9]{1,3})_(attentions|resnets|downsamplers)_" + _N)
 _UP = re.compile(r"lora_unet_up_blocks_([0-9]{1,3})_(attentions|resnets|upsamplers)_" + _N)
 _MID = re.compile(r"lora_unet_mid_block_(?:attentions|resnets)_" + _N)
-_CONV_IN = re.compile(r"lora_unet_conv_in(?:_|$)")
+_CONV_IN = re.compile(r"lora_unet_conv_in(?:_|\Z)")
 
 
 def _slot(prefix: str, index: int) -> str | None:
