@@ -1,0 +1,116 @@
+"""The Python API: load, merge, realize, save (and Σ on a live torch model in live_sigma)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import LoraMergeError
+from .layout import layout_of
+from .lbw import parse_lbw
+from .loading import load_lora
+from .lora_file import LoraFile
+from .merge import MergeResult, canonical_mode, merge_loras
+from .output_metadata import output_metadata
+from .presets import load_presets
+from .realize import realize_lora
+from .safetensors_io import save_safetensors_atomic, tensor_data_sha256
+from .sigma import parse_sigma
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class SavedFile:
+    path: str
+    sha256: str  # sshs_model_hash: sha256 of the tensor bytes
+    size: int
+
+
+def load(path: str | os.PathLike) -> LoraFile:
+    """Read a LoRA file (kohya, LoCon, Tucker, PEFT; fp32/fp16/bf16)."""
+    return load_lora(path)
+
+
+def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: int | None = None,
+          conv_rank: int | None = None, energy: float | None = None, device: str = "cpu",
+          progress=None, presets=None) -> MergeResult:
+    """Merge LoRA files (paths or LoraFiles).  See DESIGN.md §3 for what each mode guarantees."""
+    loras = [x if isinstance(x, LoraFile) else load_lora(x) for x in inputs]
+    names = component_names(loras)
+    if presets is None and lbw is not None:
+        presets = load_presets()
+    result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
+                         energy=energy, device=device, presets=presets, progress=progress)
+    ws = weights if weights is not None else [1.0]
+    ws = [float(w) for w in (ws * len(loras) if len(ws) == 1 else ws)]
+    specs = list(lbw) if lbw is not None else [None]
+    specs = specs * len(loras) if len(specs) == 1 else specs
+    provenance = {
+        "mode": canonical_mode(mode),
+        "inputs": [{"name": n, "file": os.path.basename(l.path) if l.path else None,
+                    "sha256": tensor_data_sha256(l.path) if l.path else None, "weight": w, "lbw": s or None}
+                   for n, l, w, s in zip(names, loras, ws, specs)],
+    }
+    if provenance["mode"] == "svd":
+        provenance.update(rank=rank, conv_rank=conv_rank, energy=energy)
+    result.lora.metadata = output_metadata(result.lora, loras, provenance)
+    result.lora.sources = [l.path for l in loras if l.path] + [s for l in loras for s in l.sources]
+    return result
+
+
+def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float = 1.0, presets=None) -> LoraFile:
+    """Bake Σ (text or per-rank list), lbw and te/unet multipliers into a plain LoRA (what `<ljl:…>` applies)."""
+    lora = lora if isinstance(lora, LoraFile) else load_lora(lora)
+    layout = layout_of(lora)
+    per_rank = parse_sigma(sigma, layout) if isinstance(sigma, str) else [float(v) for v in sigma]
+    if len(per_rank) != layout.total_rank:
+        raise LoraMergeError(f"Σ has {len(per_rank)} values; expected {layout.total_rank} (one per rank)")
+    weights = parse_lbw(lbw, lora.family, presets if presets is not None else load_presets()) if lbw else None
+    out = realize_lora(lora, layout, per_rank, weights, te, unet)
+    source = {"file": os.path.basename(lora.path) if lora.path else None,
+              "sha256": tensor_data_sha256(lora.path) if lora.path else None}
+    out.metadata = output_metadata(out, [lora], {"mode": "realize", "inputs": [source],
+                                                 "sigma": sigma if isinstance(sigma, str) else per_rank,
+                                                 "lbw": lbw, "te": te, "unet": unet})
+    out.sources = ([lora.path] if lora.path else []) + list(lora.sources)
+    return out
+
+
+def save(lora: LoraFile, path: str | os.PathLike, *, dtype: str = "fp32", overwrite: bool = False,
+         protect=()) -> SavedFile:
+    """Write kohya-format safetensors atomically; never over an input, nor an existing file unless overwrite."""
+    try:
+        target = DTYPES[dtype.lower()]
+    except (KeyError, AttributeError):
+        raise LoraMergeError(f"dtype {dtype!r} is not fp32, fp16 or bf16") from None
+    path = os.fspath(path)
+    tensors = state_dict(lora, target)
+    digest = save_safetensors_atomic(tensors, dict(lora.metadata), path, overwrite=overwrite,
+                                     protect=[*lora.sources, *([lora.path] if lora.path else []), *protect])
+    return SavedFile(path, digest, os.path.getsize(path))
+
+
+def state_dict(lora: LoraFile, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """kohya tensors: .lora_down.weight / .lora_up.weight in dtype, .alpha kept in float32 (exact)."""
+    out = {}
+    for name, m in lora.modules.items():
+        out[f"{name}.lora_down.weight"] = m.down.to(dtype).contiguous()
+        out[f"{name}.lora_up.weight"] = m.up.to(dtype).contiguous()
+        if m.alpha is not None:
+            out[f"{name}.alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
+    return out
+
+
+def component_names(loras: list[LoraFile]) -> list[str]:
+    """Unique component names from the file names (a, b, a_2 …)."""
+    names: list[str] = []
+    for k, lora in enumerate(loras):
+        base = os.path.splitext(os.path.basename(lora.path))[0] if lora.path else f"input{k + 1}"
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names.append(name)
+    return names

@@ -1,0 +1,86 @@
+"""Pure tensor functions on factored deltas: ΔW = Σ coef_k · up_k @ down_k (2-D factors).
+
+A "part" is (up (out, r), down (r, k), coef).  Nothing here builds a dense out×k matrix.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+Part = tuple[torch.Tensor, torch.Tensor, float]
+
+
+def split_coef(up: torch.Tensor, down: torch.Tensor, coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a scalar into both factors: √|coef| on each side, its sign on up."""
+    root = math.sqrt(abs(coef))
+    return up * (math.copysign(root, coef) if coef else 0.0), down * root
+
+
+def concat_parts(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Join parts rank-wise so that up @ down equals Σ coef·up_k·down_k exactly (scale 1)."""
+    folded = [split_coef(u, d, c) for u, d, c in parts]
+    return torch.cat([u for u, _ in folded], dim=1), torch.cat([d for _, d in folded], dim=0)
+
+
+def stacked(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = [coef_1·up_1 | …], B = [down_1; …] with A @ B = Σ coef_k·up_k·down_k."""
+    return torch.cat([u * c for u, _, c in parts], dim=1), torch.cat([d for _, d, _ in parts], dim=0)
+
+
+def singular_factors(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P, S, Vh) with Σ coef·up·down = P·diag(S)·Vh, via QR of the stacked factors and an SVD of the core."""
+    a, b = stacked(parts)
+    qa, ra = torch.linalg.qr(a)
+    qb, rb = torch.linalg.qr(b.T)
+    u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)
+    return qa @ u, s, vh @ qb.T
+
+
+def rank_for_energy(s: torch.Tensor, energy: float) -> int:
+    """Smallest n whose leading singular values keep at least `energy` of Σ s² (at least 1)."""
+    power = s.double() ** 2
+    total = float(power.sum())
+    if total == 0.0:
+        return 1
+    kept = torch.cumsum(power, 0) / total
+    return int(min(len(s), int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype) - 1e-12)) + 1))
+
+
+def svd_parts(parts: list[Part], rank: int | None, energy: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best approximation of Σ coef·up·down at `rank` (or the energy rank, capped by `rank`); scale 1."""
+    p, s, vh = singular_factors(parts)
+    n = len(s)
+    if energy is not None:
+        n = min(n, rank_for_energy(s, energy))
+    if rank is not None:
+        n = min(n, rank)
+    root = s[:n].sqrt()
+    return p[:, :n] * root, root[:, None] * vh[:n]
+
+
+def add_parts(parts: list[tuple[torch.Tensor, torch.Tensor, float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classic factor-wise sum: up = Σ w_k·c_k·up_k, down = Σ w_k·c_k·down_k, c_k = √(α_k/α_1).
+
+    parts are (up, down, weight, alpha); the output's alpha is the first part's alpha.
+    """
+    base = parts[0][3]
+    up = sum(u * (w * math.sqrt(a / base)) for u, _, w, a in parts)
+    down = sum(d * (w * math.sqrt(a / base)) for _, d, w, a in parts)
+    return up, down
+
+
+def relative_error(target: list[Part], result: list[Part]) -> float:
+    """‖Σ result − Σ target‖_F / ‖Σ target‖_F from Gram matrices (float64, no dense ΔW)."""
+    a, b = stacked(target)
+    num = _frobenius_sq(torch.cat([a, -stacked(result)[0]], 1), torch.cat([b, stacked(result)[1]], 0))
+    den = _frobenius_sq(a, b)
+    if den <= 0.0:
+        return 0.0 if num <= 1e-30 else math.inf
+    return math.sqrt(max(num, 0.0) / den)
+
+
+def _frobenius_sq(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a @ b‖²_F = Σ (aᵀa) ⊙ (b bᵀ)."""
+    a, b = a.double(), b.double()
+    return float(((a.T @ a) * (b @ b.T)).sum())

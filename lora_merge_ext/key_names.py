@@ -1,0 +1,100 @@
+"""Key names: split file keys into (module, suffix) and normalise PEFT/diffusers forms to kohya names.
+
+SD1/SD2 kohya UNet names are diffusers-style; SDXL kohya UNet names are SGM-style, so an SDXL file
+with diffusers-style UNet names is mapped to the SGM names kohya writes.
+"""
+from __future__ import annotations
+
+import re
+
+# suffix in the file → role in LoraModule
+KOHYA_SUFFIXES = {
+    "lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha",
+    "lora_A.weight": "down", "lora_B.weight": "up",
+}
+PEFT_SUFFIXES = {
+    "lora_A.weight": "down", "lora_B.weight": "up", "lora.down.weight": "down", "lora.up.weight": "up",
+    "lora_linear_layer.down.weight": "down", "lora_linear_layer.up.weight": "up", "alpha": "alpha",
+}
+PEFT_PREFIXES = {"unet.": "lora_unet_", "text_encoder_2.": "lora_te2_", "text_encoder.": "lora_te_"}
+
+# key fragments of LoRA types this tool does not merge, named for the error message
+UNSUPPORTED_TYPES = [
+    ("hada_w1", "LoHa"), ("hada_w2", "LoHa"), ("lokr_w1", "LoKr"), ("lokr_w2", "LoKr"),
+    ("on_input", "IA3"), ("oft_blocks", "OFT"), ("oft_diag", "OFT"), ("dora_scale", "DoRA"),
+    (".a1.weight", "GLoRA"), (".b1.weight", "GLoRA"), ("w_norm", "Norm"), ("b_norm", "Norm"),
+    (".diff", "full (diff)"), (".diff_b", "full (diff)"),
+]
+
+_RESNET = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
+           "conv_shortcut": "skip_connection", "norm1": "in_layers_0", "norm2": "out_layers_0"}
+_PLAIN = {"conv_in": "input_blocks_0_0", "conv_out": "out_2", "conv_norm_out": "out_0",
+          "time_embedding_linear_1": "time_embed_0", "time_embedding_linear_2": "time_embed_2",
+          "add_embedding_linear_1": "label_emb_0_0", "add_embedding_linear_2": "label_emb_0_2"}
+
+
+def unsupported_type(key: str) -> str | None:
+    """Name of the LoRA type a key belongs to when this tool cannot merge it, else None."""
+    for fragment, kind in UNSUPPORTED_TYPES:
+        if fragment in key:
+            return kind
+    return None
+
+
+def split_key(key: str) -> tuple[str, str, str] | None:
+    """(module, role, form) for a LoRA tensor key, form "kohya" or "peft"; None when not a LoRA key."""
+    if key.startswith("base_model.model."):
+        key = key[len("base_model.model."):]
+    if key.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")):
+        module, _, suffix = key.partition(".")
+        role = KOHYA_SUFFIXES.get(suffix)
+        return (module, role, "kohya") if role else None
+    for prefix, kohya in PEFT_PREFIXES.items():
+        if key.startswith(prefix):
+            for suffix, role in PEFT_SUFFIXES.items():
+                if key.endswith("." + suffix):
+                    path = key[len(prefix):-len(suffix) - 1]
+                    path = re.sub(r"[._]lora$", "", path)  # diffusers' "to_q_lora.down.weight"
+                    path = path.replace(".processor.", ".")
+                    return kohya + path.replace(".", "_"), role, "peft"
+            return None
+    return None
+
+
+def sdxl_unet_to_sgm(module: str) -> str:
+    """Map an SDXL diffusers-style UNet module name (lora_unet_down_blocks_…) to kohya's SGM name."""
+    if not module.startswith("lora_unet_"):
+        return module
+    rest = module[len("lora_unet_"):]
+    for plain, sgm in _PLAIN.items():
+        if rest == plain or rest.startswith(plain + "_"):
+            return "lora_unet_" + sgm + rest[len(plain):]
+    m = re.match(r"(down|up)_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", rest)
+    if m:
+        side, i, kind, j, tail = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        index = 3 * i + j + 1 if side == "down" else 3 * i + j
+        block = "input_blocks" if side == "down" else "output_blocks"
+        sub = 1 if kind == "attentions" else 0
+        return f"lora_unet_{block}_{index}_{sub}_{_resnet_tail(tail) if kind == 'resnets' else tail}"
+    m = re.match(r"mid_block_(attentions|resnets)_(\d+)_(.+)", rest)
+    if m:
+        kind, j, tail = m.group(1), int(m.group(2)), m.group(3)
+        if kind == "attentions":
+            return f"lora_unet_middle_block_1_{tail}"
+        return f"lora_unet_middle_block_{2 * j}_{_resnet_tail(tail)}"
+    m = re.match(r"down_blocks_(\d+)_downsamplers_0_conv$", rest)
+    if m:
+        return f"lora_unet_input_blocks_{3 * int(m.group(1)) + 3}_0_op"
+    m = re.match(r"up_blocks_(\d+)_upsamplers_0_conv$", rest)
+    if m:
+        i = int(m.group(1))
+        return f"lora_unet_output_blocks_{3 * i + 2}_{2 if i < 2 else 1}_conv"
+    return module
+
+
+def _resnet_tail(tail: str) -> str:
+    return _RESNET.get(tail, tail)
+
+
+def is_sgm_name(module: str) -> bool:
+    return module.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))

@@ -1,0 +1,106 @@
+"""The join layout: which ranks of each module belong to which input (component).
+
+A joined module stores its components' ranks side by side, in join order.  A component's
+rank is its largest rank over modules; in a module where a component has fewer ranks, the
+component's slice of a per-rank Σ vector applies to its first ranks, and the rest of the
+slice is unused.  A plain LoRA is one component.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .errors import LoraMergeError
+
+METADATA_KEY = "ljl_layout"
+
+
+@dataclass
+class Component:
+    name: str
+    rank: int
+
+
+@dataclass
+class JoinLayout:
+    components: list[Component]
+    module_ranks: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def total_rank(self) -> int:
+        """Length of a per-rank Σ vector."""
+        return sum(c.rank for c in self.components)
+
+    def ranks_of(self, module: str) -> list[int]:
+        """Ranks of each component inside one module (0 where a component is absent)."""
+        return self.module_ranks.get(module) or [c.rank for c in self.components]
+
+    def module_vector(self, module: str, per_rank: list[float]) -> list[float]:
+        """The entries of a per-rank Σ vector that apply to one module's ranks."""
+        out: list[float] = []
+        offset = 0
+        for comp, r in zip(self.components, self.ranks_of(module)):
+            out.extend(per_rank[offset:offset + r])
+            offset += comp.rank
+        return out
+
+    @classmethod
+    def single(cls, name: str, module_ranks: dict[str, int]) -> "JoinLayout":
+        """Layout of a plain LoRA: one component holding every rank."""
+        top = max(module_ranks.values(), default=0)
+        return cls([Component(name, top)], {m: [r] for m, r in module_ranks.items() if r != top})
+
+    @classmethod
+    def join(cls, names: list[str], ranks: list[dict[str, int]]) -> "JoinLayout":
+        """Layout of a concat merge: ranks[k] maps module → rank of input k."""
+        comps = [Component(n, max(r.values(), default=0)) for n, r in zip(names, ranks)]
+        modules = sorted(set().union(*ranks)) if ranks else []
+        default = [c.rank for c in comps]
+        per_module = {}
+        for m in modules:
+            row = [r.get(m, 0) for r in ranks]
+            if row != default:
+                per_module[m] = row
+        return cls(comps, per_module)
+
+    def to_metadata(self) -> str:
+        return json.dumps({
+            "version": 1,
+            "components": [{"name": c.name, "rank": c.rank} for c in self.components],
+            "module_ranks": self.module_ranks,
+        }, separators=(",", ":"))
+
+    @classmethod
+    def from_metadata(cls, text: str, where: str = "file") -> "JoinLayout":
+        try:
+            data = json.loads(text)
+            comps = [Component(str(c["name"]), int(c["rank"])) for c in data["components"]]
+            ranks = {str(m): [int(x) for x in r] for m, r in data.get("module_ranks", {}).items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LoraMergeError(f"{where}: metadata '{METADATA_KEY}' is not a valid join layout ({exc})") from None
+        if not comps or any(c.rank < 0 for c in comps) or any(len(r) != len(comps) or min(r) < 0 for r in ranks.values()):
+            raise LoraMergeError(f"{where}: metadata '{METADATA_KEY}' has inconsistent component ranks")
+        return cls(comps, ranks)
+
+    def check(self, module_ranks: dict[str, int], where: str = "file") -> None:
+        """Raise unless every module's rank equals the sum of its components' ranks."""
+        for m, r in module_ranks.items():
+            if sum(self.ranks_of(m)) != r:
+                raise LoraMergeError(
+                    f"{where}: join layout says module {m} has rank {sum(self.ranks_of(m))}, the file has {r}")
+
+
+def layout_of(lora) -> JoinLayout:
+    """The join layout of a LoraFile: from its metadata when joined, else a single component."""
+    ranks = {name: m.rank for name, m in lora.modules.items()}
+    where = lora.path or "LoRA"
+    text = lora.metadata.get(METADATA_KEY)
+    if text:
+        layout = JoinLayout.from_metadata(text, where)
+        layout.check(ranks, where)
+        return layout
+    stem = "lora"
+    if lora.path:
+        import os
+        stem = os.path.splitext(os.path.basename(lora.path))[0]
+    return JoinLayout.single(stem, ranks)

@@ -1,0 +1,113 @@
+"""Read a LoRA file into a LoraFile: group keys into modules, normalise names, validate shapes."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import LoraMergeError
+from .family import detect_family
+from .key_names import is_sgm_name, sdxl_unet_to_sgm, split_key, unsupported_type
+from .lora_file import LoraFile, LoraModule
+from .safetensors_io import read_state_dict
+
+CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.",
+                       "model_ema.", "state_dict.", "text_model.", "down_blocks.", "time_embedding.")
+
+
+def load_lora(path: str | os.PathLike) -> LoraFile:
+    """Read a LoRA (kohya, LoCon, Tucker or PEFT/diffusers keys; fp32/fp16/bf16) from a file."""
+    path = os.fspath(path)
+    tensors, metadata = read_state_dict(path)
+    return lora_from_state_dict(tensors, metadata, path)
+
+
+def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                         where: str | None = None) -> LoraFile:
+    """Build a LoraFile from a state dict; raises LoraMergeError naming the problem."""
+    label = where or "LoRA"
+    groups = _group(tensors, label)
+    downs = {m: g["down"] for m, g in groups.items() if "down" in g}
+    family = detect_family(downs, metadata)
+    modules: dict[str, LoraModule] = {}
+    for raw, roles in groups.items():
+        name = _kohya_name(raw, family)
+        if name in modules:
+            raise LoraMergeError(f"{label}: module {name} appears twice (under two key forms)")
+        modules[name] = _module(name, roles, label)
+    bad = [n for n, m in modules.items() if not (torch.isfinite(m.up).all() and torch.isfinite(m.down).all()
+                                                 and (m.alpha is None or torch.isfinite(torch.tensor(m.alpha))))]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise LoraMergeError(f"{label}: NaN or Inf values in {', '.join(bad[:3])}{more}")
+    return LoraFile(modules=modules, metadata=dict(metadata), family=family, path=where)
+
+
+def _group(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[str, torch.Tensor]]:
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        kind = unsupported_type(key)
+        if kind:
+            raise LoraMergeError(f"{label}: key {key} is a {kind} module; only LoRA and LoCon modules can be merged")
+        if key.startswith("bundle_emb."):
+            continue
+        parts = split_key(key)
+        if parts is None:
+            if key.startswith(CHECKPOINT_PREFIXES):
+                raise LoraMergeError(f"{label}: this is a model checkpoint, not a LoRA (key {key})")
+            raise LoraMergeError(f"{label}: key {key} is not a LoRA key (expected .lora_down/.lora_up/.alpha)")
+        module, role, _form = parts
+        roles = groups.setdefault(module, {})
+        if role in roles:
+            raise LoraMergeError(f"{label}: module {module} has two {role} tensors")
+        roles[role] = tensor
+    if not groups:
+        raise LoraMergeError(f"{label}: no LoRA modules found")
+    return groups
+
+
+def _kohya_name(module: str, family: str) -> str:
+    if family != "sdxl":
+        return module
+    if module.startswith("lora_te_"):
+        module = "lora_te1_" + module[len("lora_te_"):]
+    if module.startswith("lora_unet_") and not is_sgm_name(module):
+        module = sdxl_unet_to_sgm(module)
+    return module
+
+
+def _module(name: str, roles: dict[str, torch.Tensor], label: str) -> LoraModule:
+    if "down" not in roles or "up" not in roles:
+        missing = "down" if "down" not in roles else "up"
+        raise LoraMergeError(f"{label}: module {name} has no {missing} weight")
+    down = roles["down"].float()
+    up = roles["up"].float()
+    where = f"{label}: module {name}"
+    if down.dim() not in (2, 4) or up.dim() not in (2, 4) or down.numel() == 0 or up.numel() == 0:
+        raise LoraMergeError(f"{where} has down {tuple(down.shape)} and up {tuple(up.shape)}; expected 2-D or 4-D, non-empty")
+    if up.dim() == 4 and tuple(up.shape[2:]) != (1, 1):
+        raise LoraMergeError(f"{where}: up weight {tuple(up.shape)} must be 1×1")
+    rank = int(down.shape[0])
+    if int(up.shape[1]) != rank:
+        raise LoraMergeError(f"{where}: up {tuple(up.shape)} does not fit down {tuple(down.shape)} (rank {rank})")
+    if "mid" in roles:
+        down = _fold_tucker(roles["mid"].float(), down, where)
+    if down.dim() == 4 and up.dim() == 2:
+        up = up[:, :, None, None]
+    elif down.dim() == 2 and up.dim() == 4:
+        up = up[:, :, 0, 0]
+    alpha = None
+    if "alpha" in roles:
+        a = roles["alpha"]
+        if a.numel() != 1:
+            raise LoraMergeError(f"{where}: alpha has shape {tuple(a.shape)}; expected a scalar")
+        alpha = float(a.float().reshape(()))
+    return LoraModule(name=name, down=down.contiguous(), up=up.contiguous(), alpha=alpha)
+
+
+def _fold_tucker(mid: torch.Tensor, down: torch.Tensor, where: str) -> torch.Tensor:
+    """Fold a Tucker core into down: down'[a,i,h,w] = Σ_b mid[a,b,h,w]·down[b,i] (exact)."""
+    r = down.shape[0]
+    if down.dim() != 4 or tuple(down.shape[2:]) != (1, 1) or mid.dim() != 4 or tuple(mid.shape[:2]) != (r, r):
+        raise LoraMergeError(f"{where}: Tucker mid {tuple(mid.shape)} does not fit down {tuple(down.shape)}")
+    return torch.einsum("abhw,bi->aihw", mid, down[:, :, 0, 0])

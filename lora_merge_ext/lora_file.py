@@ -1,0 +1,82 @@
+"""In-memory LoRA: modules with float32 factors, metadata and the model family."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LoraModule:
+    """One LoRA module in kohya naming; ΔW = scale·up·down.
+
+    down is (r, in) or (r, in, kh, kw); up is (out, r) or (out, r, 1, 1).
+    A Tucker ``lora_mid`` is folded into ``down`` when the file is read, which is exact.
+    """
+
+    name: str
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        """alpha / rank when alpha is present, else 1 (as the WebUI applies it)."""
+        return 1.0 if self.alpha is None else float(self.alpha) / self.rank
+
+    @property
+    def is_conv(self) -> bool:
+        return self.down.dim() == 4
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return (int(self.down.shape[2]), int(self.down.shape[3])) if self.is_conv else (1, 1)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.up.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.down.shape[1])
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """Shape of the layer weight this module changes."""
+        if self.is_conv:
+            return (self.out_features, self.in_features, *self.kernel)
+        return (self.out_features, self.in_features)
+
+    def up2d(self) -> torch.Tensor:
+        """up as an (out, r) matrix."""
+        return self.up.reshape(self.up.shape[0], -1)
+
+    def down2d(self) -> torch.Tensor:
+        """down as an (r, in·kh·kw) matrix (3×3 convolutions flattened)."""
+        return self.down.reshape(self.down.shape[0], -1)
+
+    def delta(self) -> torch.Tensor:
+        """Dense ΔW = scale·up·down in the layer's weight shape (for tests and small layers)."""
+        return (self.scale * (self.up2d() @ self.down2d())).reshape(self.weight_shape)
+
+
+@dataclass
+class LoraFile:
+    """A LoRA read from disk (or built by a merge): modules by kohya name, metadata, family.
+
+    family is one of "sd1", "sd2", "sdxl".
+    """
+
+    modules: dict[str, LoraModule]
+    metadata: dict[str, str] = field(default_factory=dict)
+    family: str = "sd1"
+    path: str | None = None
+    sources: list[str] = field(default_factory=list)  # files this one was made from (never overwritten)
+
+    @property
+    def max_rank(self) -> int:
+        return max((m.rank for m in self.modules.values()), default=0)

@@ -1,0 +1,171 @@
+"""Merge LoRAs module by module: concat (exact join), add (classic factor sum) and svd (best rank N)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .devices import resolve_device
+from .errors import LoraMergeError
+from .factor_math import Part, add_parts, concat_parts, relative_error, svd_parts
+from .family import LABELS
+from .layout import METADATA_KEY, JoinLayout
+from .lbw import lbw_factor, parse_lbw
+from .lora_file import LoraFile, LoraModule
+from .merge_report import MergeReport, ReportRow
+
+MODES = {"concat": "concat", "join": "concat", "ljl": "concat", "add": "add", "svd": "svd"}
+MAX_OUTPUT_ELEMENTS = 2 ** 31  # 8 GiB of float32: far above any real LoRA
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class MergeResult:
+    lora: LoraFile
+    report: MergeReport
+
+
+def canonical_mode(mode: str) -> str:
+    try:
+        return MODES[mode.lower()]
+    except (KeyError, AttributeError):
+        raise LoraMergeError(f"mode {mode!r} is not one of concat, join, ljl, add, svd") from None
+
+
+def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat", weights: list[float] | None = None,
+                lbw: list[str | None] | None = None, rank: int | None = None, conv_rank: int | None = None,
+                energy: float | None = None, device: str = "cpu", presets=None,
+                progress: Progress | None = None) -> MergeResult:
+    """Merge LoraFiles; the result's ΔW follows DESIGN.md §3 for the mode.  Metadata is left to the caller
+    except the join layout."""
+    mode = canonical_mode(mode)
+    n = len(loras)
+    if n < 2 and mode != "svd":
+        raise LoraMergeError(f"{mode} needs at least two inputs, got {n}")
+    weights = _weights(weights, n)
+    family = _common_family(loras, names)
+    factors = _block_weights(lbw, n, family, presets)
+    rank, conv_rank = _ranks(mode, rank, conv_rank, energy, loras)
+    dev = resolve_device(device)
+    order = _module_order(loras, names)
+    _check_output_size(mode, order, loras, rank, conv_rank)
+
+    report = MergeReport(mode)
+    modules: dict[str, LoraModule] = {}
+    for done, name in enumerate(order):
+        present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
+        parts = [(m.up2d().to(dev), m.down2d().to(dev), weights[k] * lbw_factor(factors[k], name) * m.scale)
+                 for k, m in present]
+        first = present[0][1]
+        if mode == "concat" or len(present) == 1:
+            up, down = concat_parts(parts)
+            alpha = float(up.shape[1])
+        elif mode == "svd":
+            target = conv_rank if first.kernel != (1, 1) else rank
+            up, down = svd_parts(parts, target, energy)
+            alpha = float(up.shape[1])
+        else:
+            up, down, alpha = _add(present, weights, factors, name, dev)
+        scale = alpha / up.shape[1]
+        error = relative_error(parts, [(up, down, scale)])
+        modules[name] = _shaped(first, up.cpu(), down.cpu(), alpha)
+        report.rows.append(ReportRow(name, int(up.shape[1]), error))
+        if progress and (done % 16 == 0 or done == len(order) - 1):
+            progress(done + 1, len(order), name)
+
+    out = LoraFile(modules=modules, metadata={}, family=family)
+    if mode == "concat":
+        layout = JoinLayout.join(names, [{m: mod.rank for m, mod in lora.modules.items()} for lora in loras])
+        out.metadata[METADATA_KEY] = layout.to_metadata()
+    return MergeResult(out, report)
+
+
+def _add(present, weights, factors, name, dev):
+    ranks = {m.rank for _, m in present}
+    if len(ranks) > 1:
+        raise LoraMergeError(f"add mode needs equal ranks; module {name} has ranks {sorted(ranks)} (use concat or svd)")
+    parts = [(m.up2d().to(dev), m.down2d().to(dev), weights[k] * lbw_factor(factors[k], name),
+              m.alpha if m.alpha is not None else float(m.rank)) for k, m in present]
+    up, down = add_parts(parts)
+    return up, down, parts[0][3]
+
+
+def _shaped(like: LoraModule, up: torch.Tensor, down: torch.Tensor, alpha: float) -> LoraModule:
+    r = up.shape[1]
+    if like.is_conv:
+        return LoraModule(like.name, down.reshape(r, like.in_features, *like.kernel).contiguous(),
+                          up.reshape(like.out_features, r, 1, 1).contiguous(), alpha)
+    return LoraModule(like.name, down.contiguous(), up.contiguous(), alpha)
+
+
+def _weights(weights, n: int) -> list[float]:
+    if weights is None:
+        return [1.0] * n
+    weights = [float(w) for w in weights]
+    if len(weights) == 1 and n > 1:
+        weights = weights * n
+    if len(weights) != n:
+        raise LoraMergeError(f"got {len(weights)} weights for {n} inputs; give one weight per input")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:
+        raise LoraMergeError(f"weight {bad[0]} is not a finite number")
+    return weights
+
+
+def _common_family(loras: list[LoraFile], names: list[str]) -> str:
+    family = loras[0].family
+    for lora, name in zip(loras, names):
+        if lora.family != family:
+            raise LoraMergeError(f"cannot merge {LABELS[family]} and {LABELS[lora.family]} LoRAs "
+                                 f"({names[0]} is {LABELS[family]}, {name} is {LABELS[lora.family]})")
+    return family
+
+
+def _block_weights(lbw, n: int, family: str, presets) -> list[dict | None]:
+    if lbw is None:
+        return [None] * n
+    specs = list(lbw)
+    if len(specs) == 1 and n > 1:
+        specs = specs * n
+    if len(specs) != n:
+        raise LoraMergeError(f"got {len(specs)} lbw specs for {n} inputs; give one for all or one per input")
+    return [parse_lbw(s, family, presets) if s and s.strip() else None for s in specs]
+
+
+def _ranks(mode, rank, conv_rank, energy, loras):
+    if energy is not None and not (0.0 < float(energy) <= 1.0):
+        raise LoraMergeError(f"energy {energy} must be a fraction in (0, 1]")
+    for label, value in (("rank", rank), ("conv rank", conv_rank)):
+        if value is not None and (int(value) != value or value < 1):
+            raise LoraMergeError(f"{label} {value} must be a positive whole number")
+    if mode != "svd":
+        return rank, conv_rank
+    if rank is None and energy is None:
+        rank = max(lora.max_rank for lora in loras)
+    return rank, conv_rank if conv_rank is not None else rank
+
+
+def _module_order(loras: list[LoraFile], names: list[str]) -> list[str]:
+    order: dict[str, LoraModule] = {}
+    for lora, name in zip(loras, names):
+        for m, mod in lora.modules.items():
+            first = order.setdefault(m, mod)
+            if first.weight_shape != mod.weight_shape:
+                raise LoraMergeError(f"module {m} changes a {tuple(first.weight_shape)} weight in one input "
+                                     f"and a {tuple(mod.weight_shape)} weight in {name}")
+    return list(order)
+
+
+def _check_output_size(mode, order, loras, rank, conv_rank) -> None:
+    total = 0
+    for m in order:
+        mods = [lora.modules[m] for lora in loras if m in lora.modules]
+        r = sum(x.rank for x in mods) if mode == "concat" else max(x.rank for x in mods)
+        if mode == "svd":
+            cap = conv_rank if mods[0].kernel != (1, 1) else rank
+            r = min(sum(x.rank for x in mods), cap) if cap else sum(x.rank for x in mods)
+        total += r * (mods[0].out_features + mods[0].down2d().shape[1])
+    if total > MAX_OUTPUT_ELEMENTS:
+        raise LoraMergeError(f"the output would hold {total:,} values ({total * 4 / 2**30:.1f} GiB); refusing")

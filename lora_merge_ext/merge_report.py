@@ -1,0 +1,38 @@
+"""Per-module merge report: output rank and ‖ΔW_out − T‖/‖T‖, with a summary."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ReportRow:
+    module: str
+    rank: int
+    error: float
+
+
+@dataclass
+class MergeReport:
+    mode: str
+    rows: list[ReportRow] = field(default_factory=list)
+
+    def summary(self, worst: int = 5) -> dict:
+        """Mean and max relative error, and the worst modules."""
+        errors = [r.error for r in self.rows if math.isfinite(r.error)]
+        ranked = sorted(self.rows, key=lambda r: -r.error)[:worst]
+        return {
+            "mode": self.mode,
+            "modules": len(self.rows),
+            "mean_error": sum(errors) / len(errors) if errors else 0.0,
+            "max_error": max((r.error for r in self.rows), default=0.0),
+            "worst": [(r.module, r.rank, r.error) for r in ranked],
+        }
+
+    def format(self, worst: int = 5) -> str:
+        """A short human-readable summary."""
+        s = self.summary(worst)
+        lines = [f"{s['modules']} modules, {self.mode}: relative error mean {s['mean_error']:.3g}, max {s['max_error']:.3g}"]
+        if s["max_error"] > 1e-5:
+            lines += [f"  {err:.3g}  rank {rank:<4} {module}" for module, rank, err in s["worst"]]
+        return "\n".join(lines)
