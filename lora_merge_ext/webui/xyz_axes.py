@@ -1,0 +1,273 @@
+"""X/Y/Z plot axes over a joined LoRA's Σ vector, one component's weight and the lbw string.
+
+Each axis rewrites one ``<ljl:…>`` tag of the cell's prompt (so the host's conditioning cache,
+keyed on the tag text, sees the change) and checks every value before the grid starts: the
+prompt must have the tag, the LoRA must be found and read, vectors must fit the file, presets
+must exist in preset.txt.  Value syntax is in ``lora_merge_ext.ljl_tag``; the labels carry a
+short hint.
+
+``register_axes()`` adds the axes to the loaded ``xyz_grid.py`` module once (guarded by label);
+the entry script calls it at import time (so ``--nowebui`` API mode, whose script ``ui()`` runs
+before ``before_ui``, sees them) and again from ``before_ui`` (after a UI reload the plot
+script is a fresh module).  WebUI modules are imported only inside functions.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import ljl_tag
+from ..errors import LoraMergeError
+from ..sigma import parse_sigma, show
+
+SIGMA_AXIS = "LJL Σ vector"
+COMPONENT_AXIS = "LJL component weight"
+LBW_AXIS = "LJL lbw"
+
+SIGMA_LABEL = f'{SIGMA_AXIS} ([TAG:] 1,0 | 0,1 or "1,0", "0,1")'
+COMPONENT_LABEL = f"{COMPONENT_AXIS} ([TAG:]COMPONENT: 0, 0.5, 1 or 0-1 [5])"
+LBW_LABEL = f'{LBW_AXIS} ([TAG:] PRESET | 1,0,… or "1,0,…")'
+
+AXIS_HINTS = {
+    SIGMA_LABEL: "One Σ vector per cell. Separate vectors with | (no quotes needed: 1,0 | 0,1 | 0.5 1), "
+                 "or write CSV with each vector in double quotes (\"1,0\", \"0,1\"). "
+                 "Start a value with NAME: to vary <ljl:NAME:…> instead of the first <ljl> tag.",
+    COMPONENT_LABEL: "Name the component once, then numbers: B: 0, 0.5, 1 or B: 0-1 [5] (five values), "
+                     "B: 0-1 (+0.25) (step). COMPONENT is a name from the join or its position (1, 2, …). "
+                     "NAME:B: … varies <ljl:NAME:…> instead of the first <ljl> tag.",
+    LBW_LABEL: "Preset names from preset.txt (pick from the list), or, with 'Use text inputs instead of "
+               "dropdowns', number lists separated by | or double-quoted CSV. NAME: picks the <ljl> tag.",
+}
+
+COST = 0.4  # re-merging the LoRA is slower than a seed change, far cheaper than a checkpoint
+
+
+# --- finding the LoRA a tag names ------------------------------------------------------------
+
+_layouts: dict[tuple, tuple] = {}
+
+
+def _find_file(name: str) -> str:
+    """Path of the LoRA file a tag names, by the runtime's own name lookup."""
+    from . import lookup
+    return lookup.lora_path(name)
+
+
+def lora_info(name: str):
+    """(layout, family) of the LoRA a tag names; files are read once per (path, mtime, size)."""
+    from ..layout import layout_of
+    from ..loading import load_lora
+    path = _find_file(name)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    if key not in _layouts:
+        lora = load_lora(path)
+        _layouts.clear()  # keep one file: a grid varies one or two tags
+        _layouts[key] = (layout_of(lora), lora.family)
+    return _layouts[key]
+
+
+# --- prompt rewriting ---------------------------------------------------------------------
+
+def _prompt_text(p) -> str:
+    prompt = getattr(p, "prompt", "")
+    if isinstance(prompt, (list, tuple)):
+        return prompt[0] if prompt else ""
+    return prompt or ""
+
+
+def _rewrite(text, name, edit, required):
+    if isinstance(text, (list, tuple)):
+        out = [_rewrite(t, name, edit, False) for t in text]
+        if required and not any(ljl_tag.has_tag(t, name) for t in text):
+            ljl_tag.pick_tag("", name)  # raises: no tag
+        return out
+    if isinstance(text, str) and (required or ljl_tag.has_tag(text, name)):
+        return ljl_tag.rewrite_prompt(text, name, edit)
+    return text
+
+
+def rewrite_processing(p, name: str | None, edit) -> None:
+    """Apply `edit` to the picked tag of p.prompt, and of p.hr_prompt where that has the tag."""
+    p.prompt = _rewrite(p.prompt, name, edit, True)
+    if getattr(p, "hr_prompt", None):
+        p.hr_prompt = _rewrite(p.hr_prompt, name, edit, False)
+
+
+def _fail(axis: str, value, exc: Exception) -> LoraMergeError:
+    where = f" value '{show(str(value))}'" if value is not None else ""
+    return LoraMergeError(f"{axis}{where}: {exc}")
+
+
+def _tag(p, axis: str, name: str | None, value):
+    try:
+        return ljl_tag.pick_tag(_prompt_text(p), name)
+    except LoraMergeError as exc:
+        raise _fail(axis, value if name else None, exc) from None
+
+
+def _info(axis: str, tag):
+    try:
+        return lora_info(tag.name)
+    except LoraMergeError as exc:
+        raise _fail(axis, None, exc) from None
+
+
+# --- Σ vector axis ----------------------------------------------------------------------
+
+def sigma_value(value: str) -> tuple[str | None, str]:
+    """(tag name or None, Σ string for the tag) of one Σ-axis value."""
+    name, vector = ljl_tag.split_target(value)
+    return name, ljl_tag.normalize_list(vector)
+
+
+def apply_sigma(p, x, xs):
+    name, vector = sigma_value(x)
+    rewrite_processing(p, name, lambda tag: tag.with_vector(vector))
+
+
+def confirm_sigma(p, xs):
+    if not xs:
+        raise LoraMergeError(f"{SIGMA_AXIS}: no values; {AXIS_HINTS[SIGMA_LABEL]}")
+    for value in xs:
+        try:
+            name, vector = sigma_value(value)
+            ljl_tag.check_item(vector, "Σ vector")
+        except LoraMergeError as exc:
+            raise _fail(SIGMA_AXIS, value, exc) from None
+        layout, _ = _info(SIGMA_AXIS, _tag(p, SIGMA_AXIS, name, value))
+        try:
+            parse_sigma(vector, layout)
+        except LoraMergeError as exc:
+            raise _fail(SIGMA_AXIS, value, exc) from None
+
+
+# --- component weight axis ----------------------------------------------------------------
+
+def apply_component(p, x, xs):
+    cw = ljl_tag.parse_component_value(x)
+
+    def edit(tag):
+        layout, _ = lora_info(tag.name)
+        index = ljl_tag.resolve_component(layout, cw.component)
+        return tag.with_vector(ljl_tag.set_component_weight(tag.vector, layout, index, cw.weight))
+
+    rewrite_processing(p, cw.tag, edit)
+
+
+def prepare_component(text: str) -> list[str]:
+    try:
+        return ljl_tag.parse_component_axis(text)
+    except LoraMergeError as exc:
+        raise _fail(COMPONENT_AXIS, None, exc) from None
+
+
+def confirm_component(p, xs):
+    if not xs:
+        raise LoraMergeError(f"{COMPONENT_AXIS}: no values; {AXIS_HINTS[COMPONENT_LABEL]}")
+    for value in xs:
+        try:
+            cw = ljl_tag.parse_component_value(value)
+        except LoraMergeError as exc:
+            raise _fail(COMPONENT_AXIS, value, exc) from None
+        tag = _tag(p, COMPONENT_AXIS, cw.tag, value)
+        layout, _ = _info(COMPONENT_AXIS, tag)
+        try:
+            ljl_tag.resolve_component(layout, cw.component)
+            parse_sigma(tag.vector if tag.vector is not None else "1", layout)
+        except LoraMergeError as exc:
+            raise _fail(COMPONENT_AXIS, value, exc) from None
+
+
+# --- lbw axis -------------------------------------------------------------------------------
+
+def lbw_value(value: str) -> tuple[str | None, str]:
+    """(tag name or None, lbw spec for the tag) of one lbw-axis value."""
+    name, spec = ljl_tag.split_target(value)
+    return name, ljl_tag.normalize_list(spec)
+
+
+def apply_lbw(p, x, xs):
+    name, spec = lbw_value(x)
+    rewrite_processing(p, name, lambda tag: tag.with_option("lbw", spec))
+
+
+def lbw_choices() -> list[str]:
+    """Preset names from preset.txt, for the axis dropdown (empty when the file cannot be read)."""
+    from ..presets import load_presets, preset_names
+    try:
+        return preset_names(load_presets())
+    except LoraMergeError:
+        return []
+
+
+def confirm_lbw(p, xs):
+    from ..lbw import parse_lbw
+    from ..presets import load_presets
+    if not xs:
+        raise LoraMergeError(f"{LBW_AXIS}: no values; {AXIS_HINTS[LBW_LABEL]}")
+    presets = None
+    for value in xs:
+        try:
+            name, spec = lbw_value(value)
+            ljl_tag.check_item(spec, "lbw")
+        except LoraMergeError as exc:
+            raise _fail(LBW_AXIS, value, exc) from None
+        _, family = _info(LBW_AXIS, _tag(p, LBW_AXIS, name, value))
+        try:
+            presets = presets if presets is not None else load_presets()
+            parse_lbw(spec, family, presets)
+        except LoraMergeError as exc:
+            raise _fail(LBW_AXIS, value, exc) from None
+
+
+# --- labels and registration -------------------------------------------------------------------
+
+def format_as_typed(p, opt, x) -> str:
+    """Grid label: the value as the user typed it (component weights: `COMPONENT: weight`)."""
+    return str(x)
+
+
+def axis_definitions() -> list[dict]:
+    """Keyword arguments of the three AxisOption entries (same for txt2img and img2img)."""
+    return [
+        dict(label=SIGMA_LABEL, type=str, apply=apply_sigma, format_value=format_as_typed,
+             confirm=confirm_sigma, cost=COST, prepare=ljl_tag.split_values),
+        dict(label=COMPONENT_LABEL, type=str, apply=apply_component, format_value=format_as_typed,
+             confirm=confirm_component, cost=COST, prepare=prepare_component),
+        dict(label=LBW_LABEL, type=str, apply=apply_lbw, format_value=format_as_typed,
+             confirm=confirm_lbw, cost=COST, choices=lbw_choices, prepare=ljl_tag.split_values),
+    ]
+
+
+def find_xyz_grid():
+    """The loaded ``xyz_grid.py`` script module, or None when the plot script is not loaded."""
+    from modules import scripts
+    for entry in scripts.scripts_data:
+        if getattr(entry.script_class, "__module__", None) == "xyz_grid.py":
+            return entry.module
+    return None
+
+
+def register_axes() -> int:
+    """Add the LJL axes for txt2img and img2img to the X/Y/Z plot once; returns how many were added.
+
+    Safe to call any number of times: an axis whose label is already there is skipped.  Never
+    raises: without the plot script (or outside the WebUI) nothing is added.
+    """
+    try:
+        xyz = find_xyz_grid()
+        if xyz is None:
+            return 0
+        present = {(o.label, getattr(o, "is_img2img", None)) for o in xyz.axis_options}
+        added = 0
+        for cls, is_img2img in ((xyz.AxisOptionTxt2Img, False), (xyz.AxisOptionImg2Img, True)):
+            for kwargs in axis_definitions():
+                if (kwargs["label"], is_img2img) in present:
+                    continue
+                xyz.axis_options.append(cls(**kwargs))
+                added += 1
+        return added
+    except Exception as exc:  # a broken plot script must not stop the extension from loading
+        print(f"lora_merge_ext: could not add the X/Y/Z plot axes: {exc}", file=sys.stderr)
+        return 0
