@@ -13,16 +13,16 @@ import torch
 from .safetensors_header import fail, open_input_file, show
 
 CONVERT_HINT = "convert it to .safetensors with a tool you trust"
-_NOISE = ("weights only load failed", "please file an issue", "check the documentation", "in pytorch")
-
-
 def _reason(error: Exception) -> str:
-    """The informative line of a torch.load error (not its advice to turn weights_only off)."""
-    for line in str(error).splitlines():
-        line = line.strip()
-        if line and not line.lower().startswith(_NOISE):
+    """The informative sentence of a torch.load error, never its advice to turn weights_only off."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    for line in text.splitlines():
+        line = line.strip().split(". ")[0].rstrip(".")
+        if line and "weights_only" not in line and not line.lower().startswith(("weights only load failed", "check the")):
             return show(line, 160)
-    return type(error).__name__
+    return "the file holds objects other than tensors" if "Weights only" in str(error) else type(error).__name__
 
 
 def _as_state_dict(obj: object, path) -> dict[str, torch.Tensor]:

@@ -127,6 +127,22 @@ def _check_text(value: str, what: str) -> None:
         raise _HeaderProblem(f"{what} {show(value)!r} is not valid Unicode (lone surrogate escape)") from None
 
 
+def _json_type(x: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "boolean"
+    return {str: "string", int: "number", float: "number", list: "array", dict: "object"}.get(type(x), type(x).__name__)
+
+
+def _json_text(x: object, limit: int = 60) -> str:
+    try:
+        return show(json.dumps(x, ensure_ascii=False), limit)
+    except (TypeError, ValueError):
+        return show(x, limit)
+
+
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -143,11 +159,13 @@ def _parse_json(raw: bytes, path) -> dict:
     except RecursionError:
         raise fail(path, "not a safetensors file: header JSON is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, or an integer with too many digits
-        msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
-        where = f" at byte {e.pos}" if isinstance(e, json.JSONDecodeError) else ""
-        raise fail(path, f"not a safetensors file: header is not JSON ({show(msg, 80)}{where})") from None
+        if isinstance(e, json.JSONDecodeError):
+            detail = f"{e.msg}, byte {e.pos}"
+        else:
+            detail = str(e).split(":")[0]
+        raise fail(path, f"not a safetensors file: header is not JSON ({show(detail, 80)})") from None
     if not isinstance(header, dict):
-        raise fail(path, f"not a safetensors file: header is a JSON {type(header).__name__}, expected an object")
+        raise fail(path, f"not a safetensors file: header is a JSON {_json_type(header)}, expected an object")
     return header
 
 
@@ -155,10 +173,10 @@ def _parse_metadata(value: object, path) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise fail(path, f"bad __metadata__: expected an object of strings, got {type(value).__name__}")
+        raise fail(path, f"bad __metadata__: expected an object of strings, got {_json_type(value)}")
     for key, item in value.items():
         if not isinstance(item, str):
-            raise fail(path, f"bad __metadata__: value of {show(key)!r} is {type(item).__name__}, expected a string")
+            raise fail(path, f"bad __metadata__: value of {show(key)!r} is {_json_type(item)}, expected a string")
         try:
             _check_text(key, "__metadata__ key")
             _check_text(item, f"__metadata__ value of {show(key)!r}")
@@ -174,23 +192,23 @@ def _parse_entry(name: str, entry: object, path) -> TensorInfo:
     except _HeaderProblem as e:
         raise fail(path, str(e)) from None
     if not isinstance(entry, dict):
-        raise fail(path, f"{label}: expected an object with dtype, shape and data_offsets, got {type(entry).__name__}")
+        raise fail(path, f"{label}: expected an object with dtype, shape and data_offsets, got {_json_type(entry)}")
     missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
     if missing:
         raise fail(path, f"{label}: missing {', '.join(missing)}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str):
-        raise fail(path, f"{label}: dtype is {type(dtype).__name__}, expected a string")
+        raise fail(path, f"{label}: dtype is {_json_type(dtype)}, expected a string")
     if dtype not in DTYPE_SIZES:
         raise fail(path, f"{label}: unknown or unsupported dtype {show(dtype, 40)!r} "
                          f"(expected one of {', '.join(DTYPE_SIZES)})")
     if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape):
-        raise fail(path, f"{label}: shape {show(shape, 60)} is not a list of non-negative integers")
+        raise fail(path, f"{label}: shape {_json_text(shape)} is not a list of non-negative integers")
     if len(shape) > MAX_NDIM:
         raise fail(path, f"{label}: shape has {len(shape)} dimensions, at most {MAX_NDIM} are supported")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
             or offsets[0] < 0 or offsets[0] > offsets[1]):
-        raise fail(path, f"{label}: data_offsets {show(offsets, 60)} is not [begin, end] with 0 <= begin <= end")
+        raise fail(path, f"{label}: data_offsets {_json_text(offsets)} is not [begin, end] with 0 <= begin <= end")
     expected = math.prod(shape) * DTYPE_SIZES[dtype]
     if offsets[1] - offsets[0] != expected:
         raise fail(path, f"{label}: data_offsets span {offsets[1] - offsets[0]} bytes, "
@@ -217,20 +235,26 @@ def _check_layout(tensors: dict[str, TensorInfo], data_size: int, path) -> None:
                          f"(tensors end at {position}, data is {data_size} bytes)")
 
 
+def read_header_length(f: BinaryIO, size: int, path) -> int:
+    """The header length N from the first 8 bytes, checked against the file size and the cap."""
+    if size == 0:
+        raise fail(path, "file is empty")
+    if size < 8:
+        raise fail(path, f"file is truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
+    n = int.from_bytes(read_exact(f, 8, path, "the header length"), "little")
+    if n > MAX_HEADER_BYTES:
+        raise fail(path, f"not a safetensors file: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if n > size - 8:
+        raise fail(path, f"not a safetensors file or truncated: header length {n} is larger than the "
+                         f"{size - 8} bytes after it")
+    return n
+
+
 def parse_header(path: os.PathLike | str) -> ParsedHeader:
     """Validate the whole header of a safetensors file; reads only the first 8 + N bytes."""
     f, size = open_input_file(path)
     with f:
-        if size == 0:
-            raise fail(path, "file is empty")
-        if size < 8:
-            raise fail(path, f"file is truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
-        n = int.from_bytes(read_exact(f, 8, path, "the header length"), "little")
-        if n > MAX_HEADER_BYTES:
-            raise fail(path, f"not a safetensors file: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
-        if n > size - 8:
-            raise fail(path, f"not a safetensors file or truncated: header length {n} is larger than the "
-                             f"{size - 8} bytes after it")
+        n = read_header_length(f, size, path)
         if n < 2:
             raise fail(path, f"not a safetensors file: header length {n} is too short for a JSON object")
         raw = read_exact(f, n, path, "the header")

@@ -17,8 +17,8 @@ import torch
 from .atomic_write import check_target, write_bytes_atomic
 from .errors import LoraMergeError
 from .pickle_io import read_pickled_state_dict
-from .safetensors_header import (DTYPE_SIZES, MAX_HEADER_BYTES, TensorInfo, fail, open_input_file,
-                                 parse_header, read_header, show)
+from .safetensors_header import (DTYPE_SIZES, TensorInfo, fail, open_input_file, parse_header, read_header,
+                                 read_header_length, show)
 
 __all__ = ["TensorInfo", "read_header", "read_safetensors", "read_state_dict", "tensor_data_sha256",
            "legacy_hash", "save_safetensors_atomic", "find_nonfinite"]
@@ -112,11 +112,7 @@ def tensor_data_sha256(path: os.PathLike | str) -> str:
     LoRA files and kohya stores as sshs_model_hash."""
     f, size = open_input_file(path)
     with f:
-        if size < 8:
-            raise fail(path, f"file is too short for a safetensors file ({size} bytes)")
-        n = int.from_bytes(f.read(8), "little")
-        if n > MAX_HEADER_BYTES or n > size - 8:
-            raise fail(path, f"not a safetensors file: header length {n} does not fit the file ({size} bytes)")
+        n = read_header_length(f, size, path)
         digest = hashlib.sha256()
         try:
             f.seek(8 + n)
