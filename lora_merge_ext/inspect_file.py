@@ -1,0 +1,55 @@
+"""What `inspect` shows: family, modules, ranks, alpha, join components, hash, metadata."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from .family import LABELS
+from .layout import METADATA_KEY, layout_of
+from .loading import load_lora
+from .safetensors_io import tensor_data_sha256
+
+LONG_VALUE = 200
+
+
+def describe(path: str) -> dict:
+    """A JSON-ready description of a LoRA file."""
+    lora = load_lora(path)
+    ranks = Counter(m.rank for m in lora.modules.values())
+    alphas = Counter(m.alpha for m in lora.modules.values())
+    layout = layout_of(lora) if METADATA_KEY in lora.metadata else None
+    digest = tensor_data_sha256(path) if path.endswith(".safetensors") else None
+    stored = lora.metadata.get("sshs_model_hash")
+    return {
+        "file": os.path.basename(path),
+        "size": os.path.getsize(path),
+        "family": LABELS[lora.family],
+        "modules": len(lora.modules),
+        "text_encoder_modules": sum(1 for n in lora.modules if n.startswith("lora_te")),
+        "conv_modules": sum(1 for m in lora.modules.values() if m.kernel != (1, 1)),
+        "ranks": {str(r): n for r, n in sorted(ranks.items())},
+        "alphas": {("none" if a is None else f"{a:g}"): n for a, n in alphas.items()},
+        "components": [{"name": c.name, "rank": c.rank} for c in layout.components] if layout else None,
+        "sha256": digest,
+        "shorthash": digest[:12] if digest else None,
+        "stored_hash_matches": None if stored is None or digest is None else stored == digest,
+        "metadata": {k: (v if len(v) <= LONG_VALUE else v[:LONG_VALUE] + "…") for k, v in sorted(lora.metadata.items())},
+    }
+
+
+def format_description(info: dict) -> str:
+    lines = [f"{info['file']}: {info['family']} LoRA, {info['modules']} modules "
+             f"({info['text_encoder_modules']} text encoder, {info['conv_modules']} 3x3 conv), "
+             f"{info['size'] / 2**20:.1f} MiB",
+             "ranks: " + ", ".join(f"{r} ×{n}" for r, n in info["ranks"].items()),
+             "alpha: " + ", ".join(f"{a} ×{n}" for a, n in info["alphas"].items())]
+    if info["components"]:
+        lines.append("joined from: " + ", ".join(f"{c['name']} (rank {c['rank']})" for c in info["components"]))
+        lines.append("Σ: one number, one per component or one per rank (" +
+                     str(sum(c["rank"] for c in info["components"])) + " values)")
+    if info["sha256"]:
+        check = {True: "matches sshs_model_hash", False: "DIFFERS from sshs_model_hash", None: "no stored hash"}
+        lines.append(f"sha256 (tensor data): {info['sha256']} [{check[info['stored_hash_matches']]}]")
+    lines.append("metadata:")
+    lines += [f"  {k}: {v}" for k, v in info["metadata"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Apply a (joined) LoRA to a live torch model and change Σ afterwards, like cloneofsimo's set_lora_diag.
+
+Layers are found by kohya name: a module at path ``a.b.c`` matches LoRA module ``<prefix>a_b_c`` for the
+prefixes lora_unet_, lora_te_, lora_te1_, lora_te2_ (or the exact name).  A forward hook adds
+m·f·s·up(diag(v)·down(x)), so changing Σ only rewrites a small vector per layer.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import LoraMergeError
+from .layout import layout_of
+from .lbw import parse_lbw
+from .lora_file import LoraFile
+from .presets import load_presets
+from .realize import module_coefficients
+from .sigma import parse_sigma
+
+PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_", "")
+HANDLE_ATTRIBUTE = "_ljl_live_lora"
+
+
+class LiveLora:
+    """Hooks holding one LoRA on a model; set_sigma() changes Σ, remove() takes the LoRA off."""
+
+    def __init__(self, model: torch.nn.Module, lora: LoraFile, *, lbw: str | None = None,
+                 te: float = 1.0, unet: float = 1.0, strict: bool = False):
+        self.lora, self.layout = lora, layout_of(lora)
+        self.block_weights = parse_lbw(lbw, lora.family, load_presets()) if lbw else None
+        self.te, self.unet = te, unet
+        self.layers = _match_layers(model, lora)
+        missing = sorted(set(lora.modules) - set(self.layers))
+        if strict and missing:
+            raise LoraMergeError(f"{len(missing)} LoRA modules have no layer in the model, e.g. {missing[0]}")
+        self.unmatched = missing
+        self.coefficients: dict[str, torch.Tensor] = {}
+        self._hooks = [layer.register_forward_hook(self._hook(name)) for name, layer in self.layers.items()]
+        self.set_sigma("1")
+
+    def set_sigma(self, sigma) -> None:
+        """Σ as text (DESIGN §4 syntax) or a per-rank list/tensor."""
+        if isinstance(sigma, str):
+            per_rank = parse_sigma(sigma, self.layout)
+        else:
+            per_rank = [float(v) for v in torch.as_tensor(sigma).flatten()]
+            if len(per_rank) != self.layout.total_rank:
+                raise LoraMergeError(f"Σ has {len(per_rank)} values; expected {self.layout.total_rank} (one per rank)")
+        for name in self.layers:
+            module = self.lora.modules[name]
+            self.coefficients[name] = module_coefficients(module, self.layout, per_rank, self.block_weights,
+                                                          self.te, self.unet)
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _hook(self, name: str):
+        module = self.lora.modules[name]
+
+        def hook(layer, inputs, output):
+            x = inputs[0]
+            coef = self.coefficients[name].to(x.device, x.dtype)
+            down, up = module.down.to(x.device, x.dtype), module.up.to(x.device, x.dtype)
+            if isinstance(layer, torch.nn.Conv2d):
+                down = down if down.dim() == 4 else down[:, :, None, None]
+                up = up if up.dim() == 4 else up[:, :, None, None]
+                h = F.conv2d(x, down, stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+                return output + F.conv2d(h * coef[None, :, None, None], up)
+            return output + F.linear(F.linear(x, down.reshape(down.shape[0], -1)) * coef, up.reshape(up.shape[0], -1))
+        return hook
+
+
+def _match_layers(model: torch.nn.Module, lora: LoraFile) -> dict[str, torch.nn.Module]:
+    by_name = {}
+    for path, layer in model.named_modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) and path:
+            flat = path.replace(".", "_")
+            for prefix in PREFIXES:
+                if prefix + flat in lora.modules:
+                    by_name[prefix + flat] = layer
+    return by_name
+
+
+def apply_lora(model: torch.nn.Module, lora: LoraFile, sigma="1", **options) -> LiveLora:
+    """Put a LoRA on a model with Σ (default all ones); returns the handle (also stored on the model)."""
+    old = getattr(model, HANDLE_ATTRIBUTE, None)
+    if old is not None:
+        old.remove()
+    live = LiveLora(model, lora, **options)
+    live.set_sigma(sigma)
+    setattr(model, HANDLE_ATTRIBUTE, live)
+    return live
+
+
+def set_lora_diag(model_or_handle, sigma) -> None:
+    """Change Σ of the LoRA applied with apply_lora (the model or the handle)."""
+    live = model_or_handle if isinstance(model_or_handle, LiveLora) else getattr(model_or_handle, HANDLE_ATTRIBUTE, None)
+    if live is None:
+        raise LoraMergeError("no LoRA was applied to this model; call apply_lora first")
+    live.set_sigma(sigma)
