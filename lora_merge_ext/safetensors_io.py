@@ -32,6 +32,7 @@ TORCH_DTYPES = {
 }
 assert set(TORCH_DTYPES) == set(DTYPE_SIZES)
 
+_SAVABLE = frozenset(TORCH_DTYPES.values())
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 LEGACY_HASH_OFFSET, LEGACY_HASH_LENGTH = 0x100000, 0x10000
 _CHUNK = 1 << 20
@@ -153,8 +154,12 @@ def _prepare_tensors(tensors: Mapping[str, torch.Tensor], path) -> dict[str, tor
     for key, t in tensors.items():
         if not isinstance(key, str) or key == "__metadata__" or not key:
             raise fail(path, f"tensor name {show(repr(key), 60)} cannot be saved")
-        if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
-            raise fail(path, f"{show(key)!r} is not a dense tensor ({type(t).__name__})")
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.device.type == "meta":
+            kind = f"{t.layout}, {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise fail(path, f"{show(key)!r} is not a dense tensor with data ({kind})")
+        if t.dtype not in _SAVABLE:
+            raise fail(path, f"tensor {show(key)!r} has dtype {str(t.dtype).replace('torch.', '')}, "
+                             f"which cannot be saved (cast it to float32, float16 or bfloat16)")
         t = t.detach().to("cpu").contiguous()
         pointer = t.untyped_storage().data_ptr()
         if t.numel() and pointer in storages:
