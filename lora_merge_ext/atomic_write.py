@@ -39,21 +39,24 @@ def check_target(path: os.PathLike | str, *, overwrite: bool = False, protect: I
     """Refuse a target path that must not be written; returns it as a Path."""
     target = Path(path)
     where = show(target, 400)
-    for guarded in protect:
-        if _same_file(target, Path(guarded)):
-            raise LoraMergeError(f"{where}: refusing to write over an input file ({show(guarded, 200)})")
     folder = target.parent
     if target.name in ("", ".", ".."):
         raise LoraMergeError(f"{where}: not a file name")
-    if not folder.is_dir():
-        raise LoraMergeError(f"{where}: folder {show(folder, 200)} does not exist")
-    if target.is_dir():
-        raise LoraMergeError(f"{where}: is a folder, expected a file name")
-    if os.path.lexists(target) and not overwrite:
-        raise LoraMergeError(f"{where}: file exists (choose another name or allow overwrite)")
-    if len(os.fsencode(target.name)) > _name_max(folder):
-        raise LoraMergeError(f"{where}: file name is {len(os.fsencode(target.name))} bytes, "
-                             f"longer than the {_name_max(folder)} this folder allows")
+    name_bytes, name_max = len(os.fsencode(target.name)), _name_max(folder)
+    if name_bytes > name_max:
+        raise LoraMergeError(f"{where}: file name is {name_bytes} bytes, longer than the {name_max} this folder allows")
+    try:
+        for guarded in protect:
+            if _same_file(target, Path(guarded)):
+                raise LoraMergeError(f"{where}: refusing to write over an input file ({show(guarded, 200)})")
+        if not folder.is_dir():
+            raise LoraMergeError(f"{where}: folder {show(folder, 200)} does not exist")
+        if target.is_dir():
+            raise LoraMergeError(f"{where}: is a folder, expected a file name")
+        if os.path.lexists(target) and not overwrite:
+            raise LoraMergeError(f"{where}: file exists (choose another name or allow overwrite)")
+    except OSError as e:
+        raise LoraMergeError(f"{where}: cannot use this path: {show(e.strerror or e, 200)}") from None
     return target
 
 
@@ -76,6 +79,16 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         if written <= 0:
             raise OSError(errno.EIO, "write returned no progress")
         view = view[written:]
+
+
+def _flush_to_disk(fd: int) -> None:
+    """fsync, where the file system supports it (some network and FUSE mounts answer EINVAL);
+    real failures (full disk, I/O error) still raise."""
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, getattr(errno, "EOPNOTSUPP", errno.ENOTSUP)):
+            raise
 
 
 def _sync_folder(folder: Path) -> None:
@@ -124,9 +137,9 @@ def write_bytes_atomic(path: os.PathLike | str, data: bytes | memoryview, *, ove
     try:
         fd, temp = _create_temp(target.parent)
         _write_all(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
+        _flush_to_disk(fd)
+        open_fd, fd = fd, -1  # never close twice: the number may belong to another file by then
+        os.close(open_fd)
         _move_into_place(temp, target, overwrite)
         temp = None
     except OSError as e:
