@@ -137,6 +137,8 @@ def _json_type(x: object) -> str:
 
 
 def _json_text(x: object, limit: int = 60) -> str:
+    if isinstance(x, list) and len(x) > 16:  # a hostile header may hold millions of items
+        return _json_text(x[:16], limit)[:-1] + ", ...]"
     try:
         return show(json.dumps(x, ensure_ascii=False), limit)
     except (TypeError, ValueError):

@@ -21,7 +21,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lora_factory import make_lora
+from lora_factory import make_lora, make_tensors
 from lora_merge_ext.errors import LoraMergeError
 from lora_merge_ext.safetensors_header import MAX_HEADER_BYTES
 from lora_merge_ext.safetensors_io import read_header, read_safetensors, read_state_dict, tensor_data_sha256
@@ -464,8 +464,16 @@ def apply_mutation(data: bytes, kind: str, edits) -> bytes:
     return bytes(out)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(mutation=mutations())
-def test_random_mutations_read_or_refuse(tmp_path, mutation):
-    data = _small_valid()
-    check_mutant(tmp_path / "fuzz.safetensors", apply_mutation(data, *mutation))
+def _factory_bytes() -> bytes:
+    """The bytes make_lora writes for a four-module kohya file (alphas, downs, ups)."""
+    tensors = make_tensors("sd15_lora", keep=lambda n: n.startswith(ONE_MODULE[:-1]), rank=1)
+    return safetensors.torch.save(tensors, {"ss_base_model_version": "sd_v1", "ss_network_dim": "1"})
+
+
+FUZZ_SOURCES = [_small_valid(), _factory_bytes()]
+
+
+@settings(max_examples=800, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(source=st.sampled_from(FUZZ_SOURCES), mutation=mutations())
+def test_random_mutations_read_or_refuse(tmp_path, source, mutation):
+    check_mutant(tmp_path / "fuzz.safetensors", apply_mutation(source, *mutation))
