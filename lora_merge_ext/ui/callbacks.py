@@ -1,0 +1,139 @@
+"""The tab's events as plain functions: form values in, what to show out (no gradio here).
+
+`tab.py` only maps these results onto gradio components; tests call these directly.
+A LoraMergeError never escapes: it becomes the status line the user reads.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from ..errors import LoraMergeError
+from ..layout import JoinLayout
+from . import tag_builder
+from .handlers import MergeRequest, MergeService, SavedOutcome
+from .input_info import check_families, describe
+from .report_plot import error_plot_svg
+
+MAX_INPUTS = 8
+MAX_SLIDERS = 8
+
+
+def error_status(exc: Exception) -> str:
+    return f"⚠ {exc}"
+
+
+@dataclass
+class SliderView:
+    label: str
+    visible: bool
+    value: float = 1.0
+
+
+@dataclass
+class ResultView:
+    """What the result panel and the tag builder show after a merge (or a refusal)."""
+    ok: bool
+    status: str
+    summary: str = ""
+    components: str = ""
+    plot: str = ""
+    state: dict = field(default_factory=dict)
+    sliders: list[SliderView] = field(default_factory=list)
+    tag: str = ""
+    bake_name: str = ""
+    choices: list[str] = field(default_factory=list)
+    subfolders: list[str] = field(default_factory=list)
+
+
+def result_state(outcome: SavedOutcome) -> dict:
+    """The JSON-able state the tab keeps about the last written file (for the tag and the bake)."""
+    return {"path": str(outcome.path), "label": outcome.label, "name": tag_builder.tag_name(outcome.path),
+            "layout": outcome.layout.to_metadata()}
+
+
+def state_layout(state: dict | None) -> JoinLayout:
+    if not state or not state.get("layout"):
+        raise LoraMergeError("no merged file yet: merge first, then build its tag")
+    return JoinLayout.from_metadata(state["layout"], state.get("label", "result"))
+
+
+def plot_html(outcome: SavedOutcome) -> str:
+    """The report picture for add and svd ('' for an exact join: its summary line says it is exact)."""
+    if outcome.report is None or not outcome.report.rows or outcome.mode == "concat":
+        return ""
+    title = f"{outcome.mode}: relative error ‖ΔW − T‖/‖T‖ per module"
+    return f'<div class="ljl-plot">{error_plot_svg(outcome.report.rows, html.escape(title))}</div>'
+
+
+def slider_views(layout: JoinLayout) -> list[SliderView]:
+    views = [SliderView(f"{c.name} (rank {c.rank})", True, 1.0) for c in layout.components[:MAX_SLIDERS]]
+    return views + [SliderView("", False, 1.0) for _ in range(MAX_SLIDERS - len(views))]
+
+
+def describe_inputs(service: MergeService, labels: Sequence[str | None]) -> tuple[list[str], str]:
+    """Info line per input row, and a warning when the chosen inputs cannot be merged together."""
+    lines = [service.describe_markdown(label) if label else "" for label in labels]
+    try:
+        infos = [describe(service.library.path_of(label)) for label in labels if label]
+        if len(infos) > 1:
+            check_families(infos)
+        warning = ""
+    except LoraMergeError as exc:
+        warning = error_status(exc)
+    return lines, warning
+
+
+def merge(service: MergeService, req: MergeRequest, progress: Callable | None = None) -> ResultView:
+    """Run a merge from the form; on refusal only the status changes."""
+    try:
+        outcome = service.merge(req, progress=progress)
+    except LoraMergeError as exc:
+        return ResultView(ok=False, status=error_status(exc))
+    state = result_state(outcome)
+    sliders = slider_views(outcome.layout)
+    return ResultView(
+        ok=True,
+        status=f"✔ wrote {outcome.label}",
+        summary=outcome.summary_markdown(),
+        components=outcome.components_markdown(),
+        plot=plot_html(outcome),
+        state=state,
+        sliders=sliders,
+        tag=tag_builder.build_tag(state["name"], outcome.layout, [s.value for s in sliders]),
+        bake_name=f"{state['name']}_baked",
+        choices=service.library.labels(),
+        subfolders=service.subfolders(),
+    )
+
+
+def tag(state: dict | None, sliders: Sequence[float], advanced: str = "", lbw: str = "") -> tuple[str, str]:
+    """(tag text, message): the tag for the current sliders, or '' and why not."""
+    if not state:
+        return "", ""
+    try:
+        layout = state_layout(state)
+        return tag_builder.build_tag(state["name"], layout, sliders, advanced or "", lbw or ""), ""
+    except LoraMergeError as exc:
+        return "", error_status(exc)
+
+
+def bake(service: MergeService, state: dict | None, sliders: Sequence[float], advanced: str, lbw: str, name: str,
+         subfolder: str, overwrite: bool, dtype: str) -> ResultView:
+    """"Save with Σ": write the last result realised at the current sliders and lbw."""
+    try:
+        layout = state_layout(state)
+        sigma = tag_builder.sigma_text(layout, sliders, advanced or "")
+        outcome = service.bake(state["path"], sigma, lbw or "", name, subfolder=subfolder or "",
+                               overwrite=bool(overwrite), dtype=dtype or "fp16")
+    except LoraMergeError as exc:
+        return ResultView(ok=False, status=error_status(exc))
+    return ResultView(ok=True, status=f"✔ wrote {outcome.label} (Σ = {sigma}{', lbw ' + lbw if lbw else ''})",
+                      summary=outcome.summary_markdown(), choices=service.library.labels(),
+                      subfolders=service.subfolders())
+
+
+def refresh(service: MergeService) -> tuple[list[str], list[str]]:
+    """(input choices, sub-folders) after a rescan of the Lora folders."""
+    return service.refresh(), service.subfolders()

@@ -1,0 +1,292 @@
+"""What the merge tab and the HTTP route do, as plain functions (no gradio here, so tests call them).
+
+`MergeService` holds the Lora folders and the host hooks: `serialize` wraps the heavy part (the
+WebUI passes its queue lock, so a merge never runs beside a generation) and `on_written` is called
+with each new file (the WebUI rescans its Lora list).  Merges run in the caller's thread; saves to
+the same path are serialised, and a file is never written without the overwrite rule being
+checked at that moment, so two merges started at once cannot corrupt each other's output.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .. import api
+from ..errors import LoraMergeError
+from ..family import LABELS
+from ..layout import JoinLayout, layout_of
+from ..loading import load_lora
+from ..merge import canonical_mode
+from ..merge_report import MergeReport
+from . import names
+from .input_info import InputInfo, check_families, describe, size_text
+from .library import LoraLibrary
+
+MIN_INPUTS = 2
+DTYPES = ("fp16", "bf16", "fp32")
+Progress = Callable[[int, int, str], None]
+
+_PATH_LOCKS: dict[str, threading.Lock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+def _path_lock(path: Path) -> threading.Lock:
+    key = os.path.normcase(str(Path(path).resolve()))
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(key, threading.Lock())
+
+
+@dataclass
+class MergeRequest:
+    """Everything the tab (or the HTTP route) asks for; inputs are labels or paths in the Lora folders."""
+    inputs: list[str]
+    name: str
+    mode: str = "concat"
+    weights: list[float] | None = None
+    lbw: list[str] | None = None
+    rank: int | None = None
+    conv_rank: int | None = None
+    energy: float | None = None
+    dtype: str = "fp16"
+    device: str = "cpu"
+    subfolder: str = ""
+    overwrite: bool = False
+
+
+@dataclass
+class SavedOutcome:
+    """A file the tab wrote, with what the result panel shows."""
+    path: Path
+    label: str
+    size: int
+    sha256: str
+    family: str
+    mode: str
+    modules: int
+    ranks: tuple[int, ...]
+    layout: JoinLayout
+    report: MergeReport | None = None
+    inputs: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def rank_text(self) -> str:
+        if not self.ranks:
+            return "-"
+        return str(self.ranks[0]) if len(self.ranks) == 1 else f"{self.ranks[0]}–{self.ranks[-1]}"
+
+    @property
+    def joined(self) -> bool:
+        return len(self.layout.components) > 1
+
+    def summary_markdown(self) -> str:
+        lines = [f"**Saved** `{self.label}` · {size_text(self.size)} · {LABELS.get(self.family, self.family)} · "
+                 f"{self.mode} · rank {self.rank_text} · {self.modules} modules",
+                 f"sha256 `{self.sha256}`"]
+        if self.report is not None and self.report.rows:
+            s = self.report.summary()
+            if self.mode == "concat":
+                lines.append(f"Exact join: largest relative error {s['max_error']:.2g} (float32 round-off).")
+            else:
+                worst = f" (worst: `{s['worst'][0][0]}`)" if s["worst"] else ""
+                lines.append(f"Relative error ‖ΔW − T‖/‖T‖: mean {s['mean_error']:.3g}, "
+                             f"max {s['max_error']:.3g}{worst}")
+        return "  \n".join(lines)
+
+    def components_markdown(self) -> str:
+        if not self.joined:
+            return ""
+        rows = ["| # | component | rank |", "|---|---|---|"]
+        rows += [f"| {i + 1} | {c.name} | {c.rank} |" for i, c in enumerate(self.layout.components)]
+        return "\n".join(rows)
+
+    def as_json(self) -> dict:
+        out = {"path": str(self.path), "file": self.label, "size": self.size, "sha256": self.sha256,
+               "family": self.family, "mode": self.mode, "modules": self.modules, "ranks": list(self.ranks),
+               "components": [{"name": c.name, "rank": c.rank} for c in self.layout.components]}
+        if self.report is not None:
+            s = self.report.summary()
+            out["report"] = {"mean_error": _finite(s["mean_error"]), "max_error": _finite(s["max_error"]),
+                             "worst": [{"module": m, "rank": r, "error": _finite(e)} for m, r, e in s["worst"]],
+                             "rows": [{"module": r.module, "rank": r.rank, "error": _finite(r.error)}
+                                      for r in self.report.rows]}
+        return out
+
+
+def _finite(x: float):
+    return x if math.isfinite(x) else None
+
+
+def _number_or_none(value, what: str, integer: bool = False):
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LoraMergeError(f"{what} '{value}' is not a number") from None
+    if not math.isfinite(number):
+        raise LoraMergeError(f"{what} {value} is not a finite number")
+    if integer:
+        if number != int(number) or number < 1:
+            raise LoraMergeError(f"{what} {value} must be a positive whole number")
+        return int(number)
+    return number
+
+
+class MergeService:
+    """The tab's and the route's operations over one set of Lora folders."""
+
+    def __init__(self, library: LoraLibrary, *, presets=None, serialize: Callable | None = None,
+                 on_written: Callable[[Path], None] | None = None):
+        self.library = library
+        self.presets = presets
+        self.serialize = serialize or (lambda fn: fn)
+        self.on_written = on_written
+
+    # --- listing ------------------------------------------------------------------------------
+    def refresh(self) -> list[str]:
+        """Rescan the Lora folders; the labels to offer."""
+        return self.library.refresh()
+
+    def subfolders(self) -> list[str]:
+        return self.library.subfolders()
+
+    def describe(self, label: str) -> InputInfo:
+        return describe(self.library.path_of(label))
+
+    def describe_markdown(self, label: str) -> str:
+        """The info line under an input row ('' for an empty row, the error text for a bad file)."""
+        if not label or not str(label).strip():
+            return ""
+        try:
+            return self.describe(label).markdown()
+        except LoraMergeError as exc:
+            return f"⚠ {exc}"
+
+    # --- merging -------------------------------------------------------------------------------
+    def check_request(self, req: MergeRequest) -> tuple[list[Path], list[float], list[str] | None, Path]:
+        """Validate everything that can be checked before merging; returns (paths, weights, lbw, output path)."""
+        mode = canonical_mode(req.mode or "concat")
+        rows = [(i, str(x).strip()) for i, x in enumerate(req.inputs or []) if x is not None and str(x).strip()]
+        minimum = 1 if mode == "svd" else MIN_INPUTS
+        if len(rows) < minimum:
+            raise LoraMergeError(f"{mode} needs at least {minimum} input LoRAs, {len(rows)} chosen")
+        paths = [self.library.path_of(label) for _, label in rows]
+        seen: dict[str, str] = {}
+        for (_, label), path in zip(rows, paths):
+            key = os.path.normcase(str(path.resolve()))
+            if key in seen:
+                raise LoraMergeError(f"'{label}' is chosen twice; pick each input once (use a weight to scale it)")
+            seen[key] = label
+        infos = [describe(p) for p in paths]
+        check_families(infos)
+        weights = self._per_input(req.weights, rows, "weight", 1.0)
+        weights = [_number_or_none(w, "weight") for w in weights]
+        weights = [1.0 if w is None else w for w in weights]
+        lbw = [str(s or "").strip() for s in self._per_input(req.lbw, rows, "lbw", "")]
+        lbw_list = lbw if any(lbw) else None
+        dtype = (req.dtype or "fp16").lower()
+        if dtype not in DTYPES:
+            raise LoraMergeError(f"dtype '{req.dtype}' is not one of {', '.join(DTYPES)}")
+        out = names.output_path(self.library.output_dir, req.name, req.subfolder, overwrite=bool(req.overwrite),
+                                inputs=paths)
+        return paths, weights, lbw_list, out
+
+    @staticmethod
+    def _per_input(values, rows, what: str, default):
+        """Values given per row of the form (aligned with req.inputs, empty rows included) or per chosen input."""
+        if values is None:
+            return [default] * len(rows)
+        values = list(values)
+        if len(values) == len(rows):
+            return values
+        if rows and len(values) > max(i for i, _ in rows):
+            return [values[i] for i, _ in rows]
+        raise LoraMergeError(f"got {len(values)} {what} values for {len(rows)} inputs")
+
+    def merge(self, req: MergeRequest, progress: Progress | None = None) -> SavedOutcome:
+        """Merge the chosen inputs and write the result into the Lora folder."""
+        paths, weights, lbw, out = self.check_request(req)
+        mode = canonical_mode(req.mode)
+        svd = mode == "svd"
+        rank = _number_or_none(req.rank, "rank", integer=True) if svd else None
+        conv_rank = _number_or_none(req.conv_rank, "conv rank", integer=True) if svd else None
+        energy = _number_or_none(req.energy, "energy") if svd else None
+
+        def work() -> SavedOutcome:
+            result = api.merge([str(p) for p in paths], mode=mode, weights=weights, lbw=lbw, rank=rank,
+                               conv_rank=conv_rank, energy=energy, device=req.device or "cpu",
+                               progress=progress, presets=self._presets() if lbw else None)
+            saved = self._save(result.lora, out, req, paths)
+            return self._outcome(saved, result.lora, mode, result.report, paths)
+
+        outcome = self.serialize(work)()
+        self._written(outcome.path)
+        return outcome
+
+    def bake(self, source: str | os.PathLike, sigma: str, lbw: str, name: str, *, subfolder: str = "",
+             overwrite: bool = False, dtype: str = "fp16") -> SavedOutcome:
+        """"Save with Σ": realize a (joined) file at the current Σ and lbw into a plain LoRA."""
+        src = self.library.path_of(str(source))
+        req = MergeRequest(inputs=[str(src)], name=name, dtype=dtype, subfolder=subfolder, overwrite=overwrite)
+        if (dtype or "").lower() not in DTYPES:
+            raise LoraMergeError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+        out = names.output_path(self.library.output_dir, name, subfolder, overwrite=overwrite, inputs=[src])
+
+        def work() -> SavedOutcome:
+            lora = load_lora(src)
+            baked = api.realize(lora, sigma, lbw=(lbw or "").strip() or None, presets=self._presets())
+            if not baked.modules:
+                raise LoraMergeError(f"Σ '{sigma}' switches every rank off: the baked LoRA would be empty")
+            saved = self._save(baked, out, req, [src])
+            return self._outcome(saved, baked, "realize", None, [src])
+
+        outcome = self.serialize(work)()
+        self._written(outcome.path)
+        return outcome
+
+    # --- helpers -------------------------------------------------------------------------------
+    def presets_or_none(self):
+        """The lbw presets, or None when the preset file cannot be read (the tab then offers free text only)."""
+        try:
+            return self._presets()
+        except LoraMergeError:
+            return None
+
+    def _presets(self):
+        if self.presets is None:
+            from ..presets import load_presets
+            self.presets = load_presets()
+        return self.presets
+
+    def _save(self, lora, out: Path, req: MergeRequest, inputs: Sequence[Path]):
+        with _path_lock(out):
+            # the rule is checked again at the moment of writing: another merge may have written it meanwhile
+            names.output_path(self.library.output_dir, out.stem, req.subfolder, overwrite=bool(req.overwrite),
+                              inputs=inputs)
+            out.parent.mkdir(exist_ok=True)
+            saved = api.save(lora, out, dtype=(req.dtype or "fp16").lower(), overwrite=bool(req.overwrite),
+                             protect=[str(p) for p in inputs])
+            size = os.path.getsize(out)
+        lora.path = str(out)  # after writing: save() protects a LoraFile's own path
+        return saved.sha256, size
+
+    def _outcome(self, saved, lora, mode: str, report, inputs: Sequence[Path]) -> SavedOutcome:
+        sha256, size = saved
+        path = Path(lora.path)
+        label = path.relative_to(self.library.output_dir).as_posix()
+        return SavedOutcome(path=path, label=label, size=size, sha256=sha256, family=lora.family, mode=mode,
+                            modules=len(lora.modules), ranks=tuple(sorted({m.rank for m in lora.modules.values()})),
+                            layout=layout_of(lora), report=report, inputs=[str(p) for p in inputs])
+
+    def _written(self, path: Path) -> None:
+        self.library.refresh()
+        if self.on_written is not None:
+            self.on_written(path)

@@ -1,0 +1,104 @@
+"""The Lora folders the tab reads from and writes to.
+
+The first folder is where outputs go (the WebUI's `--lora-dir`); the others are only read
+(`--lyco-dir-backcompat`, or the shipped examples in the standalone UI).  Files are offered by
+their path relative to their folder, with `/` separators.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LoraMergeError
+
+LORA_EXTENSIONS = (".safetensors",)
+
+
+@dataclass
+class LoraLibrary:
+    folders: list[Path]
+    _files: dict[str, Path] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if not self.folders:
+            raise LoraMergeError("no Lora folder given")
+        self.folders = [Path(f).expanduser().resolve() for f in self.folders]
+
+    @classmethod
+    def of(cls, *folders: str | os.PathLike | None) -> "LoraLibrary":
+        """A library of the given folders, skipping None, empty and repeated ones."""
+        seen: list[Path] = []
+        for f in folders:
+            if f and Path(f).expanduser().resolve() not in seen:
+                seen.append(Path(f).expanduser().resolve())
+        return cls(seen)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.folders[0]
+
+    def refresh(self) -> list[str]:
+        """Rescan the folders; return the labels, sorted case-insensitively."""
+        files: dict[str, Path] = {}
+        for root in self.folders:
+            if not root.is_dir():
+                continue
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for fn in filenames:
+                    if fn.lower().endswith(LORA_EXTENSIONS) and not fn.startswith("."):
+                        path = Path(dirpath) / fn
+                        label = path.relative_to(root).as_posix()
+                        if label in files:
+                            label = f"{label} ({root.name})"
+                        files.setdefault(label, path)
+        self._files = files
+        return self.labels()
+
+    def labels(self) -> list[str]:
+        return sorted(self._files, key=str.lower)
+
+    def subfolders(self) -> list[str]:
+        """The first-level sub-folders of the output folder ("" is the folder itself)."""
+        root = self.output_dir
+        subs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+        return [""] + subs
+
+    def path_of(self, label_or_path: str) -> Path:
+        """The file for a label, or for a path inside one of the folders; anything else is refused."""
+        text = (label_or_path or "").strip()
+        if not text:
+            raise LoraMergeError("no LoRA chosen")
+        if text in self._files:
+            return self._files[text]
+        self.refresh()
+        if text in self._files:
+            return self._files[text]
+        candidate = Path(text).expanduser()
+        candidates = [candidate] if candidate.is_absolute() else [root / candidate for root in self.folders]
+        for c in candidates:
+            resolved = c.resolve()
+            if not self.contains(resolved):
+                raise LoraMergeError(f"'{text}' is outside the Lora folders")
+            if resolved.is_file():
+                if not resolved.name.lower().endswith(LORA_EXTENSIONS):
+                    raise LoraMergeError(f"'{text}' is not a .safetensors file")
+                return resolved
+        raise LoraMergeError(f"LoRA '{text}' not found in the Lora folders ({', '.join(map(str, self.folders))})")
+
+    def contains(self, path: Path) -> bool:
+        path = Path(path).resolve()
+        return any(path == root or root in path.parents for root in self.folders)
+
+    def label_of(self, path: str | os.PathLike) -> str:
+        """The label a file in the folders is listed under (after a rescan)."""
+        target = Path(path).resolve()
+        for label, p in self._files.items():
+            if p.resolve() == target:
+                return label
+        self.refresh()
+        for label, p in self._files.items():
+            if p.resolve() == target:
+                return label
+        return target.name

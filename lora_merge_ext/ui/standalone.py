@@ -1,0 +1,118 @@
+"""`python -m lora_merge_ext ui`: the merge tab in a browser, without the WebUI.
+
+    python -m lora_merge_ext ui [--lora-dir DIR] [--out-dir DIR] [--host 127.0.0.1] [--port N]
+
+With --lora-dir the tab reads and writes that folder, as in the WebUI.  Without it the tab offers
+the small example LoRAs shipped in the project's examples/ folder and writes merges into a folder
+of your own (--out-dir, default: a `lora-merge-ext` folder in your user data folder), so the
+examples stay untouched.  The JSON routes of lora_merge_ext.http_api are served under /ljl/v1/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+from ..errors import LoraMergeError
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+
+
+def default_output_dir() -> Path:
+    """Where merges of the examples go: the user's data folder, never the project folder."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "lora-merge-ext" / "loras"
+
+
+def free_port(host: str, start: int = 7860, tries: int = 100) -> int:
+    """The first port from `start` that nothing listens on."""
+    for port in range(start, start + tries):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise LoraMergeError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lora_merge_ext ui",
+                                     description="Serve the LoRA Merge tab in a browser.")
+    parser.add_argument("--lora-dir", help="Lora folder to read inputs from and write merges into "
+                                           "(default: the shipped examples, merges go to --out-dir)")
+    parser.add_argument("--out-dir", help="where merges go when --lora-dir is not given "
+                                          f"(default: {default_output_dir()})")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    return parser.parse_args(argv)
+
+
+def folders(args: argparse.Namespace) -> list[Path]:
+    """The Lora folders to serve: outputs go into the first."""
+    if args.lora_dir:
+        lora_dir = Path(args.lora_dir).expanduser()
+        if not lora_dir.is_dir():
+            raise LoraMergeError(f"--lora-dir {lora_dir}: not a folder")
+        return [lora_dir]
+    out_dir = Path(args.out_dir).expanduser() if args.out_dir else default_output_dir()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LoraMergeError(f"--out-dir {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    return [out_dir, EXAMPLES_DIR]
+
+
+def make_app(lora_folders: list[Path]):
+    """(gradio Blocks, MergeService) for the given folders, with the /ljl/v1 routes ready to mount."""
+    from .handlers import MergeService
+    from .library import LoraLibrary
+    from .tab import _default_presets, build_tab
+
+    service = MergeService(LoraLibrary.of(*lora_folders), presets=_default_presets())
+    intro = f"Lora folder: `{service.library.output_dir}`"
+    if len(lora_folders) > 1:
+        intro += f" (merges are written here) · examples: `{lora_folders[1]}`"
+    demo = build_tab(service, title="LoRA Merge", intro=intro)
+    return demo, service
+
+
+def main(argv: list[str]) -> int:
+    """Serve the tab until interrupted; returns the process exit code."""
+    args = parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        lora_folders = folders(args)
+        port = args.port if args.port is not None else free_port(args.host)
+    except LoraMergeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import gradio as gr
+    import uvicorn
+    from fastapi import FastAPI
+
+    from ..http_api import register
+
+    demo, service = make_app(lora_folders)
+    if int(gr.__version__.split(".")[0]) >= 4:
+        demo.queue(default_concurrency_limit=2)
+    else:
+        demo.queue(concurrency_count=2)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    register(app, service)
+    app = gr.mount_gradio_app(app, demo, path="/")
+    print(f"LoRA Merge: Lora folder {service.library.output_dir}", flush=True)
+    print(f"LoRA Merge: open http://{args.host}:{port}/ in a browser (Ctrl+C to stop)", flush=True)
+    uvicorn.run(app, host=args.host, port=port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,59 @@
+"""The `<ljl:NAME:VECTOR[:lbw=SPEC]>` text the tab builds from its sliders.
+
+Sliders give one weight per component; the advanced field, when filled, takes any Σ form
+(one number, per component, per rank, `v*n` repeats, `name=value`) and wins over the sliders.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from ..errors import LoraMergeError
+from ..layout import JoinLayout
+from ..ljl_tag import format_vector
+from ..sigma import parse_sigma, show
+
+TAG_FORBIDDEN = (":", "<", ">")
+
+
+def tag_name(path: str | os.PathLike) -> str:
+    """The name a file is known by in the prompt: its base name without extension (as the WebUI lists it)."""
+    return os.path.splitext(os.path.basename(os.fspath(path)))[0]
+
+
+def per_rank_vector(layout: JoinLayout, sliders: Sequence[float], advanced: str = "") -> list[float]:
+    """The Σ per-rank vector: from the advanced text when given, else one slider value per component."""
+    if advanced and advanced.strip():
+        return parse_sigma(advanced.strip(), layout)
+    values = [float(v) for v in list(sliders)[: len(layout.components)]]
+    if len(values) < len(layout.components):
+        values += [1.0] * (len(layout.components) - len(values))
+    out: list[float] = []
+    for value, comp in zip(values, layout.components):
+        out.extend([value] * comp.rank)
+    return out
+
+
+def _check_item(value: str, what: str) -> str:
+    value = value.strip()
+    if any(c in value for c in TAG_FORBIDDEN):
+        raise LoraMergeError(f"{what} '{show(value)}' cannot contain ':', '<' or '>' inside an <ljl:…> tag")
+    return value
+
+
+def build_tag(name: str, layout: JoinLayout, sliders: Sequence[float], advanced: str = "", lbw: str = "") -> str:
+    """The prompt tag for the current sliders / advanced vector and lbw string."""
+    name = _check_item(name, "LoRA name")
+    if not name:
+        raise LoraMergeError("no merged file yet: merge first, then build its tag")
+    vector = format_vector(per_rank_vector(layout, sliders, advanced), layout)
+    items = [name, vector]
+    lbw = _check_item(lbw or "", "lbw")
+    if lbw:
+        items.append(f"lbw={lbw}")
+    return "<ljl:" + ":".join(items) + ">"
+
+
+def sigma_text(layout: JoinLayout, sliders: Sequence[float], advanced: str = "") -> str:
+    """The Σ string (as `realize` reads it) for the current sliders / advanced vector."""
+    return format_vector(per_rank_vector(layout, sliders, advanced), layout)
