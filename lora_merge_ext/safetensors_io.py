@@ -21,7 +21,7 @@ from .safetensors_header import (DTYPE_SIZES, TensorInfo, fail, open_input_file,
                                  read_header_length, show)
 
 __all__ = ["TensorInfo", "read_header", "read_safetensors", "read_state_dict", "tensor_data_sha256",
-           "legacy_hash", "save_safetensors_atomic", "find_nonfinite"]
+           "a1111_hash", "legacy_hash", "save_safetensors_atomic", "find_nonfinite"]
 
 TORCH_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8,
@@ -117,6 +117,22 @@ def tensor_data_sha256(path: os.PathLike | str) -> str:
         digest = hashlib.sha256()
         try:
             f.seek(8 + n)
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(chunk)
+        except OSError as e:
+            raise fail(path, f"cannot read file: {e.strerror or e}") from None
+    return digest.hexdigest()
+
+
+def a1111_hash(path: os.PathLike | str) -> str:
+    """The sha256 A1111 shows for a LoRA file: tensor data only for .safetensors (addnet hash),
+    the whole file for pickled formats."""
+    if Path(path).suffix.lower() == ".safetensors":
+        return tensor_data_sha256(path)
+    f, _ = open_input_file(path)
+    digest = hashlib.sha256()
+    with f:
+        try:
             for chunk in iter(lambda: f.read(_CHUNK), b""):
                 digest.update(chunk)
         except OSError as e:

@@ -15,7 +15,7 @@ import torch
 
 from lora_factory import make_lora, make_tensors
 from lora_merge_ext.errors import LoraMergeError
-from lora_merge_ext.safetensors_io import (TORCH_DTYPES, TensorInfo, find_nonfinite, legacy_hash, read_header,
+from lora_merge_ext.safetensors_io import (TORCH_DTYPES, TensorInfo, a1111_hash, find_nonfinite, legacy_hash, read_header,
                                            read_safetensors, read_state_dict, save_safetensors_atomic,
                                            tensor_data_sha256)
 
@@ -212,6 +212,16 @@ def test_tensor_data_sha256_is_the_addnet_hash(tmp_path):
     assert tensor_data_sha256(other) == tensor_data_sha256(path)  # metadata does not count
     safetensors.torch.save_file({k: v.half() for k, v in tensors.items()}, other)
     assert tensor_data_sha256(other) != tensor_data_sha256(path)  # dtypes do
+
+
+def test_a1111_hash_by_file_type(tmp_path):
+    path = make_lora(tmp_path / "a.safetensors", keep=SUBSET, rank=2)
+    assert a1111_hash(path) == tensor_data_sha256(path) != hashlib.sha256(path.read_bytes()).hexdigest()
+    pt = tmp_path / "a.pt"
+    torch.save(safetensors.torch.load_file(path), pt)
+    assert a1111_hash(pt) == hashlib.sha256(pt.read_bytes()).hexdigest()
+    with pytest.raises(LoraMergeError, match="not found"):
+        a1111_hash(tmp_path / "missing.ckpt")
 
 
 def test_save_embeds_kohya_hashes_of_the_final_bytes(tmp_path):
