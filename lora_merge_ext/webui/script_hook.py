@@ -1,0 +1,27 @@
+"""The AlwaysVisible script (no UI) whose hooks apply ``<ljl:…>`` tags; the class is made inside a
+function so this package never imports WebUI modules at import time."""
+
+
+def make_script_class():
+    from modules import scripts
+
+    from . import activation
+
+    class LjlScript(scripts.Script):
+        def title(self):
+            return "LoRA join tags (ljl)"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def ui(self, is_img2img):
+            return []
+
+        def process(self, p, *args):
+            p.ljl_reported = set()
+            p.ljl_hashes = {}
+
+        def after_extra_networks_activate(self, p, *args, **kwargs):
+            activation.activate(p, kwargs.get("extra_network_data"))
+
+    return LjlScript

@@ -1,0 +1,70 @@
+"""One ``<ljl:…>`` tag, read from the host's ``ExtraNetworkParams.items``.
+
+``<ljl:NAME[:VECTOR][:te=X][:unet=X][:lbw=SPEC]>``: the host splits a tag on ``:`` and would file
+any item holding exactly one ``=`` under ``named``, so the items are read here directly: an item
+``te=``, ``unet=``, ``lbw=`` (or ``dyn=``, refused) is an option, anything else after the name is the
+Σ vector — which keeps named-component vectors such as ``style=1,face=0`` working.  As with
+``<lora>``, te defaults to 1 and unet to te.  No vector means Σ = 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import LoraMergeError
+from ..ljl_tag import OPTION_KEYS, LjlTag
+from ..sigma import show
+
+FORM = "<ljl:NAME:VECTOR[:te=X][:unet=X][:lbw=SPEC]>"
+
+
+@dataclass(frozen=True)
+class TagRequest:
+    name: str
+    sigma: str
+    te: float
+    unet: float
+    lbw: str | None
+    text: str
+
+
+def tag_text(items) -> str:
+    return "<ljl:" + ":".join(str(i) for i in items) + ">"
+
+
+def _multiplier(value: str, key: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise LoraMergeError(f"{key}='{show(value)}' is not a number") from None
+    if not math.isfinite(number):
+        raise LoraMergeError(f"{key}='{show(value)}' is not a finite number")
+    return number
+
+
+def read_tag(items) -> TagRequest:
+    """The request of one tag's items (name first); LoraMergeError saying what is wrong when malformed."""
+    items = [str(i) for i in items]
+    text = tag_text(items)
+    tag = LjlTag(0, 0, tuple(items))
+    if not items or not tag.name:
+        raise LoraMergeError(f"the LoRA name is empty; write {FORM}")
+    options: dict[str, str] = {}
+    for index, item in enumerate(items[1:], start=1):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if eq and key in OPTION_KEYS:
+            if key in options:
+                raise LoraMergeError(f"{key}= is given twice")
+            options[key] = value
+        elif index != 1:
+            raise LoraMergeError(f"unexpected item '{show(item)}'; write {FORM}")
+    if "dyn" in options:
+        raise LoraMergeError(f"dyn= is not supported by <ljl>; choose ranks with a per-rank vector")
+    te = _multiplier(options["te"], "te") if "te" in options else 1.0
+    unet = _multiplier(options["unet"], "unet") if "unet" in options else te
+    lbw = options.get("lbw")
+    if lbw is not None and not lbw.strip():
+        raise LoraMergeError(f"lbw= is empty; give a preset name or block weights")
+    return TagRequest(tag.name, tag.vector if tag.vector is not None else "1", te, unet,
+                      lbw.strip() if lbw is not None else None, text)
