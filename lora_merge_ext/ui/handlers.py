@@ -225,11 +225,10 @@ class MergeService:
                                conv_rank=conv_rank, energy=energy, device=req.device or "cpu",
                                progress=progress, presets=self._presets() if lbw else None)
             saved = self._save(result.lora, out, req, paths)
+            self._written(out)
             return self._outcome(saved, result.lora, mode, result.report, paths)
 
-        outcome = self.serialize(work)()
-        self._written(outcome.path)
-        return outcome
+        return self.serialize(work)()
 
     def bake(self, source: str | os.PathLike, sigma: str, lbw: str, name: str, *, subfolder: str = "",
              overwrite: bool = False, dtype: str = "fp16") -> SavedOutcome:
@@ -246,11 +245,10 @@ class MergeService:
             if not baked.modules:
                 raise LoraMergeError(f"Σ '{sigma}' switches every rank off: the baked LoRA would be empty")
             saved = self._save(baked, out, req, [src])
+            self._written(out)
             return self._outcome(saved, baked, "realize", None, [src])
 
-        outcome = self.serialize(work)()
-        self._written(outcome.path)
-        return outcome
+        return self.serialize(work)()
 
     # --- helpers -------------------------------------------------------------------------------
     def presets_or_none(self):
@@ -287,6 +285,7 @@ class MergeService:
                             layout=layout_of(lora), report=report, inputs=[str(p) for p in inputs])
 
     def _written(self, path: Path) -> None:
+        """Rescan the folders and tell the host (inside serialize: the host may touch its model)."""
         self.library.refresh()
         if self.on_written is not None:
             self.on_written(path)

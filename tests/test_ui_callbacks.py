@@ -1,0 +1,137 @@
+"""The tab's events (callbacks.py), the tag builder and the report plot, with real files."""
+import math
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from lora_factory import make_lora
+from lora_merge_ext.layout import Component, JoinLayout
+from lora_merge_ext.errors import LoraMergeError
+from lora_merge_ext.ljl_tag import find_tags
+from lora_merge_ext.merge_report import ReportRow
+from lora_merge_ext.sigma import parse_sigma
+from lora_merge_ext.ui import callbacks
+from lora_merge_ext.ui.handlers import MergeRequest, MergeService
+from lora_merge_ext.ui.library import LoraLibrary
+from lora_merge_ext.ui.report_plot import error_plot_svg, part_of
+from lora_merge_ext.ui.tag_builder import build_tag, per_rank_vector, sigma_text, tag_name
+
+SMALL = lambda name: "down_blocks_0_attentions" in name and "attn2_to_k" in name  # noqa: E731
+
+
+@pytest.fixture
+def service(tmp_path):
+    make_lora(tmp_path / "style.safetensors", rank=2, seed=1, keep=SMALL)
+    make_lora(tmp_path / "face.safetensors", rank=4, seed=2, keep=SMALL)
+    make_lora(tmp_path / "xl.safetensors", spec="sdxl_lora", rank=2, seed=3,
+              keep=lambda n: "input_blocks_4_1_transformer_blocks_0_attn2_to_k" in n)
+    s = MergeService(LoraLibrary.of(tmp_path))
+    s.refresh()
+    return s
+
+
+LAYOUT = JoinLayout([Component("style", 2), Component("face", 4)])
+
+
+def test_tag_from_sliders_is_per_component_and_reads_back():
+    tag = build_tag("mix", LAYOUT, [1.0, 0.25])
+    assert tag == "<ljl:mix:1,0.25>"
+    (parsed,) = find_tags(f"a photo, {tag}")
+    assert parsed.name == "mix"
+    assert parse_sigma(parsed.vector, LAYOUT) == [1.0, 1.0, 0.25, 0.25, 0.25, 0.25]
+
+
+def test_advanced_vector_wins_over_sliders_and_lbw_is_appended():
+    tag = build_tag("mix", LAYOUT, [1.0, 1.0], advanced="1,0,1*2,0*2", lbw="ALL")
+    assert tag == "<ljl:mix:1,0,1*2,0*2:lbw=ALL>"
+    assert per_rank_vector(LAYOUT, [0.5, 2]) == [0.5, 0.5, 2, 2, 2, 2]
+    assert sigma_text(LAYOUT, [0, 1]) == "0,1"
+
+
+def test_tag_refuses_what_the_prompt_syntax_cannot_carry():
+    with pytest.raises(LoraMergeError, match="cannot contain"):
+        build_tag("mix", LAYOUT, [1, 1], lbw="a:b")
+    with pytest.raises(LoraMergeError, match="expected 1, 2"):
+        build_tag("mix", LAYOUT, [1, 1], advanced="1,2,3")
+    assert tag_name("/x/sub/mix.v2.safetensors") == "mix.v2"
+
+
+def test_merge_view_shows_file_components_sliders_and_tag(service):
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="joined"))
+    assert view.ok and view.status == "✔ wrote joined.safetensors"
+    assert "`joined.safetensors`" in view.summary and "rank 6" in view.summary
+    assert re.search(r"sha256 `[0-9a-f]{64}`", view.summary)
+    assert "| 1 | style | 2 |" in view.components and "| 2 | face | 4 |" in view.components
+    assert view.plot == ""  # an exact join has no error to plot
+    shown = [s for s in view.sliders if s.visible]
+    assert [s.label for s in shown] == ["style (rank 2)", "face (rank 4)"]
+    assert len(view.sliders) == callbacks.MAX_SLIDERS
+    assert view.tag == "<ljl:joined:1,1>" and view.bake_name == "joined_baked"
+    assert "joined.safetensors" in view.choices
+    tag, message = callbacks.tag(view.state, [1.0, 0.0, 1.0], "", "")
+    assert (tag, message) == ("<ljl:joined:1,0>", "")
+
+
+def test_svd_view_plots_one_bar_per_module(service):
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="low",
+                                                 mode="svd", rank=1))
+    assert view.ok and "Relative error" in view.summary
+    svg = re.search(r"<svg.*</svg>", view.plot, re.S).group(0)
+    root = ET.fromstring(svg)
+    bars = [el for el in root.iter("{http://www.w3.org/2000/svg}rect") if el.get("class") == "ljl-bar"]
+    assert len(bars) == 2
+
+
+def test_refusals_become_the_status_line(service):
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="../x"))
+    assert not view.ok and view.status.startswith("⚠") and "path separator" in view.status
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "xl.safetensors"], name="x"))
+    assert not view.ok and "cannot merge SD1 and SDXL" in view.status
+    assert callbacks.tag({}, [1], "", "") == ("", "")
+    view = callbacks.bake(service, {}, [1], "", "", "b", "", False, "fp16")
+    assert not view.ok and "merge first" in view.status
+
+
+def test_picking_inputs_shows_family_rank_alpha_and_warns_on_mixing(service):
+    lines, warning = callbacks.describe_inputs(service, ["style.safetensors", None, "face.safetensors"])
+    assert lines[0].startswith("**SD1**") and "rank 2" in lines[0] and "alpha 1" in lines[0]
+    assert lines[1] == "" and "rank 4" in lines[2] and "alpha 2" in lines[2]
+    assert warning == ""
+    lines, warning = callbacks.describe_inputs(service, ["style.safetensors", "xl.safetensors"])
+    assert "**SDXL**" in lines[1]
+    assert "cannot merge SD1 and SDXL" in warning
+
+
+def test_bake_view_writes_a_plain_lora(service):
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="joined"))
+    baked = callbacks.bake(service, view.state, [0.0, 1.0], "", "", "face_only", "", False, "fp16")
+    assert baked.ok and "face_only.safetensors" in baked.status and "Σ = 0,1" in baked.status
+    assert "face_only.safetensors" in baked.choices
+    assert service.describe("face_only.safetensors").ranks == (4,)
+
+
+def test_refresh_returns_choices_and_subfolders(service, tmp_path):
+    (tmp_path / "more").mkdir()
+    choices, subs = callbacks.refresh(service)
+    assert choices == ["face.safetensors", "style.safetensors", "xl.safetensors"]
+    assert subs == ["", "more"]
+
+
+def test_error_plot_is_valid_svg_with_a_bar_per_module_and_height_by_error():
+    rows = [ReportRow("lora_te_text_model_encoder_layers_0_mlp_fc1", 4, 0.1),
+            ReportRow("lora_unet_down_blocks_0_attentions_0_proj_in", 4, 0.4),
+            ReportRow("lora_unet_mid_block_attentions_0_proj_out", 4, 0.2),
+            ReportRow("lora_unet_up_blocks_1_attentions_0_proj_in", 4, math.inf)]
+    root = ET.fromstring(error_plot_svg(rows))
+    bars = [el for el in root.iter("{http://www.w3.org/2000/svg}rect") if el.get("class") == "ljl-bar"]
+    assert len(bars) == 4
+    heights = [float(b.get("height")) for b in bars]
+    assert heights[1] == pytest.approx(4 * heights[0], rel=1e-3) and heights[2] == pytest.approx(2 * heights[0], rel=1e-3)
+    titles = [b.find("{http://www.w3.org/2000/svg}title").text for b in bars]
+    assert titles[1].startswith("lora_unet_down_blocks_0_attentions_0_proj_in") and "error 0.4" in titles[1]
+    assert bars[3].get("fill") == "#d62828"  # a non-finite error is drawn full height, in red
+    assert [part_of(r.module) for r in rows] == ["text encoder", "UNet down", "UNet mid", "UNet up"]
+    assert part_of("lora_unet_input_blocks_4_1_proj_in") == "UNet down"
+    assert "no modules" in error_plot_svg([])
+    ET.fromstring(error_plot_svg([ReportRow("<&>", 1, 0.0)]))  # names are escaped

@@ -1,0 +1,298 @@
+"""The merge tab's handlers with real files: merge, name refusals, the overwrite rule, concurrency, refresh."""
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_factory import make_lora
+from lora_merge_ext.errors import LoraMergeError
+from lora_merge_ext.loading import load_lora
+from lora_merge_ext.ui.handlers import MergeRequest, MergeService
+from lora_merge_ext.ui.library import LoraLibrary
+
+SMALL = lambda name: "down_blocks_0_attentions" in name and "attn2" in name  # noqa: E731  (8 modules)
+SDXL_SMALL = lambda name: "input_blocks_4_1_transformer_blocks_0_attn2" in name  # noqa: E731
+
+
+@pytest.fixture
+def lora_dir(tmp_path):
+    d = tmp_path / "Lora"
+    d.mkdir()
+    make_lora(d / "a.safetensors", rank=4, seed=1, keep=SMALL)
+    make_lora(d / "b.safetensors", rank=4, seed=2, keep=SMALL, alpha=None)
+    return d
+
+
+@pytest.fixture
+def service(lora_dir):
+    s = MergeService(LoraLibrary.of(lora_dir))
+    s.refresh()
+    return s
+
+
+def deltas(path):
+    return {n: m.delta() for n, m in load_lora(path).modules.items()}
+
+
+def file_bytes(path):
+    return Path(path).read_bytes()
+
+
+def listing(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*"))
+
+
+def test_concat_merge_writes_the_weighted_sum_into_the_lora_folder(service, lora_dir):
+    seen = []
+    out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1.0, -0.5], name="mix",
+                                     dtype="fp32"), progress=lambda d, t, m: seen.append((d, t)))
+    assert out.path == (lora_dir / "mix.safetensors").resolve() and out.path.is_file()
+    assert out.label == "mix.safetensors" and out.mode == "concat" and out.ranks == (8,)
+    assert out.size == out.path.stat().st_size
+    assert load_lora(out.path).metadata["sshs_model_hash"] == out.sha256
+    assert [c.name for c in out.layout.components] == ["a", "b"]
+    assert seen and seen[-1][0] == seen[-1][1] == 8
+    da, db, dm = deltas(lora_dir / "a.safetensors"), deltas(lora_dir / "b.safetensors"), deltas(out.path)
+    for name in da:
+        torch.testing.assert_close(dm[name], da[name] - 0.5 * db[name], rtol=1e-5, atol=1e-6)
+    assert "mix.safetensors" in service.library.labels()  # the list is rescanned after a write
+
+
+def test_svd_merge_respects_the_rank_and_reports_every_module(service):
+    out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], mode="svd", rank=3, name="s3"))
+    assert out.ranks == (3,) and out.mode == "svd"
+    assert len(out.report.rows) == 8
+    assert all(0.0 < r.error < 1.0 for r in out.report.rows)
+    summary = out.as_json()["report"]
+    assert summary["max_error"] == pytest.approx(max(r.error for r in out.report.rows))
+
+
+def test_dynamic_rank_keeps_an_energy_fraction_under_the_rank_cap(service):
+    full = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], mode="svd", rank=8, name="full"))
+    dyn = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], mode="svd", rank=8, energy=0.5,
+                                     name="dyn"))
+    assert max(full.ranks) == 8
+    assert max(dyn.ranks) < 8
+    assert all(r.error > 1e-3 for r in dyn.report.rows)
+
+
+def test_lbw_strings_reach_the_merge(service, lora_dir):
+    no_in01 = "1,0," + ",".join(["1"] * 15)  # 17 values: BASE, IN01 (down_blocks_0_attentions_0), …
+    out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], lbw=["", no_in01], name="lbw",
+                                     dtype="fp32"))
+    da, db, dm = deltas(lora_dir / "a.safetensors"), deltas(lora_dir / "b.safetensors"), deltas(out.path)
+    for name in da:
+        expected = da[name] if "attentions_0_" in name else da[name] + db[name]
+        torch.testing.assert_close(dm[name], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "sub/dir", "a\\b", "..", "", "x:y"])
+def test_bad_output_names_are_refused_before_merging(service, lora_dir, name):
+    before = listing(lora_dir.parent)
+    calls = []
+    with pytest.raises(LoraMergeError):
+        service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name=name),
+                      progress=lambda *a: calls.append(a))
+    assert calls == []
+    assert listing(lora_dir.parent) == before
+
+
+def test_one_subfolder_is_allowed_and_created(service, lora_dir):
+    out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mix", subfolder="merged"))
+    assert out.path == (lora_dir / "merged" / "mix.safetensors").resolve()
+    assert out.label == "merged/mix.safetensors"
+    assert "merged" in service.subfolders()
+    assert "merged/mix.safetensors" in service.library.labels()
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(service, lora_dir):
+    req = MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mix")
+    first = service.merge(req)
+    old = file_bytes(first.path)
+    with pytest.raises(LoraMergeError, match="already exists"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[2, 1], name="mix"))
+    assert file_bytes(first.path) == old
+    second = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[2, 1], name="mix",
+                                        overwrite=True))
+    assert second.path == first.path and file_bytes(first.path) != old
+    assert second.sha256 != first.sha256
+
+
+def test_an_input_is_never_replaced(service, lora_dir):
+    old = file_bytes(lora_dir / "a.safetensors")
+    for name in ("a", "a.safetensors"):
+        with pytest.raises(LoraMergeError, match="one of the inputs"):
+            service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name=name, overwrite=True))
+    assert file_bytes(lora_dir / "a.safetensors") == old
+
+
+def test_inputs_outside_the_lora_folders_are_refused(service, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    make_lora(elsewhere / "c.safetensors", rank=4, seed=3, keep=SMALL)
+    for spec in (str(elsewhere / "c.safetensors"), "../elsewhere/c.safetensors"):
+        with pytest.raises(LoraMergeError, match="outside the Lora folders"):
+            service.merge(MergeRequest(inputs=["a.safetensors", spec], name="mix"))
+    with pytest.raises(LoraMergeError, match="not found"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "missing.safetensors"], name="mix"))
+
+
+def test_mixing_sd1_and_sdxl_is_refused_before_merging(service, lora_dir):
+    make_lora(lora_dir / "xl.safetensors", spec="sdxl_lora", rank=4, seed=4, keep=SDXL_SMALL)
+    service.refresh()
+    assert service.describe("xl.safetensors").family == "sdxl"
+    calls = []
+    with pytest.raises(LoraMergeError, match="cannot merge SD1 and SDXL"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "xl.safetensors"], name="mixed"),
+                      progress=lambda *a: calls.append(a))
+    assert calls == [] and not (lora_dir / "mixed.safetensors").exists()
+
+
+def test_an_input_chosen_twice_and_too_few_inputs_are_refused(service):
+    with pytest.raises(LoraMergeError, match="chosen twice"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "a.safetensors"], name="x"))
+    with pytest.raises(LoraMergeError, match="at least 2"):
+        service.merge(MergeRequest(inputs=["a.safetensors", ""], name="x"))
+
+
+def test_empty_form_rows_are_skipped_with_their_values(service, lora_dir):
+    out = service.merge(MergeRequest(inputs=["a.safetensors", "", "b.safetensors"], weights=[1.0, 5.0, 0.0],
+                                     name="rows", dtype="fp32"))
+    da, dm = deltas(lora_dir / "a.safetensors"), deltas(out.path)
+    for name in da:
+        torch.testing.assert_close(dm[name], da[name], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_numbers_are_refused(service):
+    with pytest.raises(LoraMergeError, match="weight"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=["x", 1], name="n"))
+    with pytest.raises(LoraMergeError, match="rank"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], mode="svd", rank=0, name="n"))
+    with pytest.raises(LoraMergeError, match="dtype"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], dtype="int8", name="n"))
+    with pytest.raises(LoraMergeError, match="cuda|CUDA"):
+        if torch.cuda.is_available():
+            raise LoraMergeError("cuda present: nothing to refuse")
+        service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], device="cuda", name="n"))
+
+
+def _tensor_sha(path):
+    lora = load_lora(path)
+    h = hashlib.sha256()
+    for name in sorted(lora.modules):
+        m = lora.modules[name]
+        h.update(m.down.numpy().tobytes())
+        h.update(m.up.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_two_merges_started_at_once_do_not_corrupt_each_other(service, lora_dir):
+    jobs = {"j1": MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1, 2], name="j1"),
+            "j2": MergeRequest(inputs=["a.safetensors", "b.safetensors"], mode="svd", rank=3, name="j2")}
+    barrier = threading.Barrier(len(jobs))
+    results, errors = {}, []
+
+    def run(key):
+        try:
+            barrier.wait()
+            results[key] = service.merge(jobs[key])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # the same merges one after the other, in another folder, give the same files
+    alone = lora_dir.parent / "alone"
+    alone.mkdir()
+    for f in ("a.safetensors", "b.safetensors"):
+        (alone / f).write_bytes((lora_dir / f).read_bytes())
+    sequential = MergeService(LoraLibrary.of(alone))
+    for key, req in jobs.items():
+        ref = sequential.merge(req)
+        assert results[key].sha256 == ref.sha256
+        assert _tensor_sha(results[key].path) == _tensor_sha(ref.path)
+
+
+def test_racing_merges_to_one_name_write_exactly_one_whole_file(service, lora_dir):
+    n = 3
+    barrier = threading.Barrier(n)
+    done, refused = [], []
+
+    def run(weight):
+        barrier.wait()
+        try:
+            done.append(service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[weight, 1],
+                                                   name="race")))
+        except LoraMergeError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (1.0, 2.0, 3.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(done) == 1 and len(refused) == n - 1
+    assert all("exists" in r for r in refused)
+    assert load_lora(lora_dir / "race.safetensors").metadata["sshs_model_hash"] == done[0].sha256
+
+
+def test_refresh_lists_new_files_and_subfolders(service, lora_dir):
+    assert service.refresh() == ["a.safetensors", "b.safetensors"]
+    (lora_dir / "styles").mkdir()
+    make_lora(lora_dir / "styles" / "c.safetensors", rank=2, seed=5, keep=SMALL)
+    (lora_dir / "notes.txt").write_text("not a LoRA")
+    assert service.refresh() == ["a.safetensors", "b.safetensors", "styles/c.safetensors"]
+    assert service.subfolders() == ["", "styles"]
+    assert service.describe("styles/c.safetensors").ranks == (2,)
+
+
+def test_a_second_folder_is_read_but_never_written(tmp_path, lora_dir):
+    extra = tmp_path / "LyCORIS"
+    extra.mkdir()
+    make_lora(extra / "c.safetensors", rank=4, seed=3, keep=SMALL)
+    make_lora(extra / "a.safetensors", rank=4, seed=9, keep=SMALL)
+    s = MergeService(LoraLibrary.of(lora_dir, extra))
+    labels = s.refresh()
+    assert "c.safetensors" in labels and "a.safetensors (LyCORIS)" in labels
+    out = s.merge(MergeRequest(inputs=["a.safetensors", "c.safetensors"], name="cross"))
+    assert out.path.parent == lora_dir.resolve()
+
+
+def test_host_hooks_wrap_the_work_and_hear_about_the_file(lora_dir):
+    lock = threading.Lock()
+    wrapped, written = [], []
+
+    def serialize(fn):
+        def run():
+            with lock:
+                wrapped.append(True)
+                return fn()
+        return run
+
+    def on_written(path):
+        assert lock.locked()  # told inside the host's lock: the host may touch its model safely
+        written.append(Path(path))
+
+    s = MergeService(LoraLibrary.of(lora_dir), serialize=serialize, on_written=on_written)
+    out = s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="hooked"))
+    assert wrapped == [True] and written == [out.path]
+
+
+def test_bake_writes_the_joined_file_at_the_chosen_sigma(service, lora_dir):
+    joined = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1.0, 3.0],
+                                        name="joined", dtype="fp32"))
+    baked = service.bake(joined.label, "1,0", "", "only_a", dtype="fp32")
+    assert baked.mode == "realize" and baked.ranks == (4,) and len(baked.layout.components) == 1
+    da, dm = deltas(lora_dir / "a.safetensors"), deltas(baked.path)
+    for name in da:
+        torch.testing.assert_close(dm[name], da[name], rtol=1e-5, atol=1e-6)
+    with pytest.raises(LoraMergeError, match="switches every rank off"):
+        service.bake(joined.label, "0", "", "nothing")
+    with pytest.raises(LoraMergeError, match="one of the inputs"):
+        service.bake(joined.label, "1,1", "", "joined", overwrite=True)
