@@ -1,0 +1,144 @@
+"""The /ljl/v1 JSON routes on a real gradio app (the tab's Blocks served by gradio's FastAPI app)."""
+import base64
+
+import gradio as gr
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from lora_factory import make_lora
+from lora_merge_ext.errors import LoraMergeError
+from lora_merge_ext.http_api import parse_api_auth, register
+from lora_merge_ext.loading import load_lora
+from lora_merge_ext.ui.handlers import MergeService
+from lora_merge_ext.ui.library import LoraLibrary
+from lora_merge_ext.ui.tab import build_tab
+
+SMALL = lambda name: "down_blocks_0_attentions" in name and "attn2_to_k" in name  # noqa: E731
+
+
+@pytest.fixture
+def lora_dir(tmp_path):
+    d = tmp_path / "Lora"
+    d.mkdir()
+    make_lora(d / "a.safetensors", rank=2, seed=1, keep=SMALL)
+    make_lora(d / "b.safetensors", rank=2, seed=2, keep=SMALL)
+    return d
+
+
+def gradio_app(service, credentials=None):
+    """The tab's Blocks served by gradio's own FastAPI app, with the routes added (as on_app_started does)."""
+    demo = build_tab(service)
+    app = gr.routes.App.create_app(demo)
+    register(app, service, credentials=credentials)
+    return app
+
+
+@pytest.fixture
+def client(lora_dir):
+    return TestClient(gradio_app(MergeService(LoraLibrary.of(lora_dir))))
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_routes_live_beside_gradio(client):
+    assert client.get("/config").status_code == 200
+    body = client.get("/ljl/v1/loras").json()
+    assert [x["name"] for x in body["loras"]] == ["a.safetensors", "b.safetensors"]
+
+
+def test_info_reports_family_rank_alpha(client):
+    body = client.get("/ljl/v1/info", params={"name": "a.safetensors"}).json()
+    assert body["family"] == "sd1" and body["ranks"] == [2] and body["alphas"] == [1.0] and body["modules"] == 2
+    r = client.get("/ljl/v1/info", params={"name": "/etc/passwd"})
+    assert r.status_code == 400 and "outside the Lora folders" in r.json()["error"]
+
+
+def test_merge_route_writes_the_file_and_answers_with_its_facts(client, lora_dir):
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", str(lora_dir / "b.safetensors")],
+                                           "weights": [1, 0.5], "output": "joined"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    path = lora_dir / "joined.safetensors"
+    assert body["file"] == "joined.safetensors" and body["size"] == path.stat().st_size
+    assert body["sha256"] == load_lora(path).metadata["sshs_model_hash"]
+    assert body["ranks"] == [4] and [c["name"] for c in body["components"]] == ["a", "b"]
+    assert body["report"]["max_error"] < 1e-5 and len(body["report"]["rows"]) == 2
+
+
+def test_svd_route_reports_errors(client):
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "low",
+                                           "mode": "svd", "rank": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["ranks"] == [1]
+    assert all(0 < row["error"] < 1 for row in r.json()["report"]["rows"])
+
+
+@pytest.mark.parametrize("output", ["../escape", "/tmp/abs", "sub/x", "..", ""])
+def test_bad_output_names_get_400_and_nothing_is_written(client, lora_dir, output):
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": output})
+    assert r.status_code == 400 and r.json()["error"]
+    assert sorted(p.name for p in lora_dir.parent.rglob("*.safetensors")) == ["a.safetensors", "b.safetensors"]
+
+
+def test_paths_outside_the_lora_folders_are_refused(client, tmp_path):
+    outside = tmp_path / "outside.safetensors"
+    make_lora(outside, rank=2, seed=3, keep=SMALL)
+    for spec in (str(outside), "../outside.safetensors"):
+        r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", spec], "output": "x"})
+        assert r.status_code == 400 and "outside the Lora folders" in r.json()["error"]
+
+
+def test_overwrite_rule_and_inputs_protected(client, lora_dir):
+    req = {"inputs": ["a.safetensors", "b.safetensors"], "output": "m"}
+    assert client.post("/ljl/v1/merge", json=req).status_code == 200
+    old = (lora_dir / "m.safetensors").read_bytes()
+    r = client.post("/ljl/v1/merge", json={**req, "weights": [2, 2]})
+    assert r.status_code == 400 and "already exists" in r.json()["error"]
+    assert (lora_dir / "m.safetensors").read_bytes() == old
+    r = client.post("/ljl/v1/merge", json={**req, "weights": [2, 2], "overwrite": True})
+    assert r.status_code == 200 and (lora_dir / "m.safetensors").read_bytes() != old
+    r = client.post("/ljl/v1/merge", json={**req, "output": "a", "overwrite": True})
+    assert r.status_code == 400 and "one of the inputs" in r.json()["error"]
+
+
+def test_bake_route(client, lora_dir):
+    client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "j"})
+    r = client.post("/ljl/v1/bake", json={"source": "j.safetensors", "sigma": "0,1", "output": "only_b"})
+    assert r.status_code == 200, r.text
+    assert r.json()["ranks"] == [2] and (lora_dir / "only_b.safetensors").is_file()
+    r = client.post("/ljl/v1/bake", json={"source": "j.safetensors", "sigma": "1,2,3", "output": "bad"})
+    assert r.status_code == 400 and "expected" in r.json()["error"]
+
+
+def test_schema_errors_are_rejected_by_fastapi(client):
+    assert client.post("/ljl/v1/merge", json={"output": "x"}).status_code == 422
+
+
+def test_api_auth_credentials_are_honoured(lora_dir):
+    creds = parse_api_auth("alice:s3cret,bob:pa:ss")
+    assert creds == {"alice": "s3cret", "bob": "pa:ss"}
+    client = TestClient(gradio_app(MergeService(LoraLibrary.of(lora_dir)), credentials=creds))
+    assert client.get("/ljl/v1/loras").status_code == 401
+    assert client.get("/ljl/v1/loras", headers=basic("alice", "wrong")).status_code == 401
+    assert client.get("/ljl/v1/loras", headers=basic("mallory", "s3cret")).status_code == 401
+    assert client.get("/ljl/v1/loras", headers=basic("alice", "s3cret")).status_code == 200
+    assert client.get("/ljl/v1/loras", headers=basic("bob", "pa:ss")).status_code == 200
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "x"})
+    assert r.status_code == 401 and not (lora_dir / "x.safetensors").exists()
+    assert client.get("/config").status_code == 200  # gradio's own routes are not ours to guard
+
+
+def test_api_auth_text_forms():
+    assert parse_api_auth(None) is None and parse_api_auth("  ") is None
+    with pytest.raises(LoraMergeError, match="user:password"):
+        parse_api_auth("nocolon")
+
+
+def test_plain_fastapi_app(lora_dir):
+    app = FastAPI()
+    register(app, MergeService(LoraLibrary.of(lora_dir)))
+    r = TestClient(app).post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "p"})
+    assert r.status_code == 200 and (lora_dir / "p.safetensors").is_file()

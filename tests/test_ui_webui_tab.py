@@ -1,0 +1,109 @@
+"""The merge tab's WebUI glue (lora_merge_ext/webui/tab.py) in the test double of the WebUI:
+the tab comes from the on_ui_tabs callback, merges run under the host's queue lock, written files
+reach the host's Lora list (and an overwritten file is re-applied), routes honour --api-auth."""
+import base64
+import sys
+import threading
+import types
+
+import gradio as gr
+import pytest
+import torch
+
+from host_double.fixtures import host_factory, write_lora  # noqa: F401  (fixture)
+from lora_merge_ext.ui.handlers import MergeRequest
+
+
+def install_call_queue():
+    """modules.call_queue as the host has it: one FIFO queue lock and wrap_queued_call (reference §8)."""
+    module = types.ModuleType("modules.call_queue")
+    module.queue_lock = threading.Lock()
+
+    def wrap_queued_call(func):
+        def f(*args, **kwargs):
+            with module.queue_lock:
+                return func(*args, **kwargs)
+        return f
+
+    module.wrap_queued_call = wrap_queued_call
+    sys.modules["modules.call_queue"] = module
+    sys.modules["modules"].call_queue = module
+    return module
+
+
+@pytest.fixture
+def host(host_factory, tmp_path):  # noqa: F811
+    lora_dir = tmp_path / "Lora"
+    lora_dir.mkdir()
+    write_lora(lora_dir, "a", rank=2, seed=1)
+    write_lora(lora_dir, "b", rank=2, seed=2)
+    h = host_factory("sd1", lora_dir=lora_dir)
+    h.call_queue = install_call_queue()
+    return h
+
+
+def test_the_tab_comes_from_the_ui_tabs_callback(host):
+    from modules import script_callbacks
+    tabs = [t for t in script_callbacks.ui_tabs_callback() if t[2] == "ljl_merge"]
+    assert len(tabs) == 1
+    blocks, title, elem_id = tabs[0]
+    assert isinstance(blocks, gr.Blocks) and title == "LoRA Merge"
+    js = " ".join(str(d.get("js") or d.get("_js") or "") for d in blocks.config["dependencies"])
+    assert "ljlMergeSendTag('txt2img'" in js and "ljlMergeSendTag('img2img'" in js and "ljlMergeRefreshCards" in js
+    from lora_merge_ext.webui.tab import merge_service
+    assert merge_service().library.output_dir == host.lora_dir.resolve()
+
+
+def test_merges_run_under_the_queue_lock_and_refresh_the_host_list(host):
+    from lora_merge_ext.webui.tab import merge_service
+    networks = host.networks
+    original = networks.list_available_networks
+    lock_held = []
+
+    def watched():
+        lock_held.append(host.call_queue.queue_lock.locked())
+        original()
+
+    networks.list_available_networks = watched
+    try:
+        out = merge_service().merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="ab"))
+    finally:
+        networks.list_available_networks = original
+    assert lock_held == [True]
+    assert "ab" in networks.available_networks
+    assert networks.available_networks["ab"].filename == str(out.path)
+
+
+def test_an_overwritten_file_is_applied_anew_at_the_next_generation(host):
+    from lora_merge_ext.webui.tab import merge_service
+    service = merge_service()
+    service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="m"))
+    before = host.txt2img("a cat <lora:m:1>", seed=3).images[0].unet
+    service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1, -2], name="m",
+                               overwrite=True))
+    after = host.txt2img("a cat <lora:m:1>", seed=3).images[0].unet
+    service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1, -2], name="fresh"))
+    reference = host.txt2img("a cat <lora:fresh:1>", seed=3).images[0].unet
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    for k in reference:
+        torch.testing.assert_close(after[k], reference[k])
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_routes_come_from_app_started_without_auth(host):
+    client = host.api_client()
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "api"})
+    assert r.status_code == 200, r.text
+    assert "api" in host.networks.available_networks
+
+
+def test_routes_honour_api_auth(host):
+    host.shared.cmd_opts.api_auth = "user:secret"
+    client = host.api_client()
+    assert client.get("/ljl/v1/loras").status_code == 401
+    assert client.get("/ljl/v1/loras", headers=basic("user", "nope")).status_code == 401
+    r = client.get("/ljl/v1/loras", headers=basic("user", "secret"))
+    assert r.status_code == 200 and {x["name"] for x in r.json()["loras"]} >= {"a.safetensors", "b.safetensors"}
