@@ -23,6 +23,7 @@ from .network_build import build_network, digest
 from .tag_request import read_tag, tag_text
 
 TAG = "ljl"
+MAX_REMEMBERED_PROMPTS = 256
 
 
 class RuntimeState:
@@ -31,6 +32,16 @@ class RuntimeState:
         self.networks: "OrderedDict[tuple, object]" = OrderedDict()
         self.previous_keys: set = set()
         self.shorthashes: dict = {}
+        self.outcomes: "OrderedDict[tuple, tuple]" = OrderedDict()  # tag items → network names applied
+
+    def outcome_changed(self, tags: tuple, names: tuple) -> bool:
+        """Whether the same tag text gave other networks last time (file rewritten, added, fixed)."""
+        changed = self.outcomes.get(tags, names) != names
+        self.outcomes[tags] = names
+        self.outcomes.move_to_end(tags)
+        while len(self.outcomes) > MAX_REMEMBERED_PROMPTS:
+            self.outcomes.popitem(last=False)
+        return changed
 
     def keep_networks(self, used: list) -> None:
         """Keep the networks of this pass and of the one before (first pass / hires pass alternate)."""
@@ -81,6 +92,16 @@ def _shorthash(entry, cached) -> str:
         entry.set_hash(full)
     _state.shorthashes[cached.identity] = full[:12]
     return full[:12]
+
+
+def forget_conds(p) -> None:
+    """Empty the host's cond caches (shared lists on the processing classes).  They are keyed on the
+    prompt text, so when the same tags now mean other weights (a file rewritten or added since) the
+    text-encoder conds would otherwise be stale."""
+    for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+        cache = getattr(p, attr, None)
+        if isinstance(cache, list) and len(cache) == 2:
+            cache[0] = cache[1] = None
 
 
 def _network_for(p, host, sd_model, request, presets_box: list):
@@ -137,6 +158,9 @@ def activate(p, extra_network_data) -> None:
         keys.append(key)
         paths.append(path)
     host.networks.loaded_networks.extend(nets)
+    if _state.outcome_changed(tuple(tuple(map(str, params.items)) for params in params_list),
+                              tuple(net.name for net in nets)):
+        forget_conds(p)
     _state.files.trim(getattr(shared.opts, "lora_in_memory_limit", 0), keep=paths)
     _state.keep_networks(keys)
     infotext.write(p)

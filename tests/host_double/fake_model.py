@@ -12,7 +12,8 @@ tree, with its real shape.  The tree has the attributes the Lora extension walks
   ``1_model_transformer_resblocks_N_attn``) and ``…mlp.c_fc`` / ``mlp.c_proj``, ``is_sdxl = True``.
 
 Weights are seeded from the layer name.  ``encode_text(prompt)`` runs every text-encoder layer on an
-input seeded from the prompt text; ``run_unet(seed, tag)`` runs every UNet layer on an input seeded
+input seeded from the prompt text
+(whitespace-normalised, as tokenized); ``run_unet(seed, tag)`` runs every UNet layer on an input seeded
 from the seed; both return ``{layer name: output}``.  The layers' forwards are whatever torch's
 classes have at call time, so the Lora extension's patches take effect exactly as in the host.
 """
@@ -188,8 +189,9 @@ class FakeSdModel(torch.nn.Module):
         return out
 
     def encode_text(self, prompt: str) -> dict[str, torch.Tensor]:
-        """Text-encoder layer outputs for one (tag-free) prompt."""
-        return self._run("te", "prompt", prompt)
+        """Text-encoder layer outputs for one (tag-free) prompt; whitespace runs count as one space,
+        as they do for the tokenizer."""
+        return self._run("te", "prompt", " ".join(prompt.split()))
 
     def run_unet(self, seed: int, stage: str = "first pass") -> dict[str, torch.Tensor]:
         """UNet layer outputs for one image seed."""

@@ -3,8 +3,10 @@ pipeline; AlwaysVisible scripts run with their ui() defaults unless ``alwayson_s
 ``script_name`` picks a selectable script by lower-cased title.
 
 A double "image" travels as base64 of a safetensors blob of its layer outputs
-(``"stage/layer name"`` → tensor); ``decode_image`` reads it back.
+(``"stage/layer name"`` → tensor); tests/host_double/api_codec.py reads it back.
 """
+from __future__ import annotations
+
 import base64
 import threading
 
@@ -17,11 +19,6 @@ from modules import processing, scripts
 def encode_image(image) -> str:
     tensors = {f"{stage}/{name}": t.contiguous() for (stage, name), t in image.layers().items()}
     return base64.b64encode(safetensors.torch.save(tensors)).decode("ascii")
-
-
-def decode_image(text: str) -> dict:
-    tensors = safetensors.torch.load(base64.b64decode(text))
-    return {tuple(k.split("/", 1)): v for k, v in tensors.items()}
 
 
 class Api:

@@ -1,0 +1,145 @@
+"""Σ changes take effect at once and never go stale; files are read once per version, within a bound
+(issue 3, points 4 and 5)."""
+import os
+import shutil
+
+import pytest
+
+from lora_merge_ext import loading
+from host_double.fixtures import (assert_close, assert_differs, assert_identical, host_factory, outputs,  # noqa: F401
+                                  sd1_loras, write_join, write_lora)
+
+
+@pytest.fixture
+def lora_dir(tmp_path, sd1_loras):
+    """A private copy of the SD1 LoRA set (these tests rewrite files)."""
+    target = tmp_path / "Lora"
+    shutil.copytree(sd1_loras["J"].parent, target)
+    return target
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Paths of every LoRA file the runtime reads through the core loader."""
+    seen = []
+    original = loading.load_lora
+
+    def counting(path):
+        seen.append(os.path.basename(path))
+        return original(path)
+
+    monkeypatch.setattr(loading, "load_lora", counting)
+    return seen
+
+
+def gen(host, prompt, seed=21, **kw):
+    return outputs(host.txt2img(prompt, seed=seed, **kw))
+
+
+def test_sigma_change_applies_at_once_and_back_is_exact(host_factory, lora_dir):
+    host = host_factory("sd1", lora_dir=lora_dir)
+    plain = gen(host, "x")
+    first = gen(host, "x <ljl:J:1,0>")
+    second = gen(host, "x <ljl:J:0,1>")
+    # every stage changes: text-encoder conds (the host caches them) and UNet layers (the host caches merged weights)
+    for stage in ("cond", "uncond", "unet"):
+        a = {k: v for k, v in first.items() if k[0] == stage}
+        b = {k: v for k, v in second.items() if k[0] == stage}
+        assert_differs(a, b)
+    assert_close(second, gen(host, "x <lora:B:1>"))
+    assert_identical(gen(host, "x <ljl:J:1,0>"), first)
+    assert_identical(gen(host, "x"), plain)
+    assert_identical(gen(host, "x <ljl:J:1,0>"), first)
+
+
+def test_conds_follow_sigma_with_the_persistent_cond_cache(host_factory, lora_dir):
+    host = host_factory("sd1", lora_dir=lora_dir)
+    assert host.opts.persistent_cond_cache
+    a = host.txt2img("x <ljl:J:1,0>", seed=1)
+    b = host.txt2img("x <ljl:J:0,1>", seed=1)
+    ref = host.txt2img("x <lora:B:1>", seed=1)
+    assert_close(b.images[0].cond, ref.images[0].cond)
+    assert_close(b.images[0].uncond, ref.images[0].uncond)
+    assert_differs(a.images[0].cond, b.images[0].cond)
+
+
+def test_sigma_changes_read_nothing_from_disk(host_factory, lora_dir, reads):
+    host = host_factory("sd1", lora_dir=lora_dir)
+    from modules import hashes, sd_models
+    for i, sigma in enumerate(["1,0", "0,1", "0.5,1", "1*6", "0.1,0.2,0.3,0.4,0.5,0.6", "1,0"]):
+        host.txt2img(f"x <ljl:J:{sigma}>", seed=i, enable_hr=True, hr_prompt=f"x <ljl:J:{sigma}:te=0.5>")
+    assert reads == ["J.safetensors"]
+    assert sd_models.reads == []          # the host never read J's tensors either
+    assert len(hashes.computed) <= 1      # the file hash is computed once at most (J has sshs_model_hash)
+
+
+def test_rewritten_file_is_picked_up(host_factory, lora_dir, reads):
+    host = host_factory("sd1", lora_dir=lora_dir)
+    before = gen(host, "x <ljl:J:1,0>")
+    stat = os.stat(lora_dir / "J.safetensors")
+    os.remove(lora_dir / "J.safetensors")
+    write_join(lora_dir, "J", [lora_dir / "C.safetensors", lora_dir / "B.safetensors"])
+    os.utime(lora_dir / "J.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000))
+    after = gen(host, "x <ljl:J:1,0>")
+    assert reads == ["J.safetensors", "J.safetensors"]
+    assert_differs(before, after)
+    assert_close(after, gen(host, "x <lora:C:1>"))
+
+
+def test_file_cache_honours_lora_in_memory_limit(host_factory, lora_dir, reads):
+    host = host_factory("sd1", lora_dir=lora_dir)
+    assert host.opts.lora_in_memory_limit == 0       # the host's default: keep one file
+    gen(host, "x <ljl:J:1,0> <ljl:K:1,0>")
+    gen(host, "x <ljl:J:0,1> <ljl:K:0,1>")          # both files in use: both kept
+    assert reads == ["J.safetensors", "K.safetensors"]
+    gen(host, "x <ljl:J:1>")                          # K falls out
+    gen(host, "x <ljl:K:1>")
+    assert reads[2:] == ["K.safetensors"]
+    gen(host, "x <ljl:J:1>")
+    assert reads[3:] == ["J.safetensors"]
+    host.opts.set("lora_in_memory_limit", 3)
+    gen(host, "x <ljl:K:1>")
+    gen(host, "x <ljl:J:1>")
+    gen(host, "x <ljl:K:0.5>")
+    assert reads[4:] == ["K.safetensors"]
+
+
+def test_networks_are_reused_across_batches_and_passes(host_factory, lora_dir, monkeypatch):
+    host = host_factory("sd1", lora_dir=lora_dir)
+    from lora_merge_ext.webui import activation
+    built = []
+    original = activation.build_network
+
+    def counting(*args, **kwargs):
+        built.append(args[3])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(activation, "build_network", counting)
+    host.txt2img("x <ljl:J:1,0>", seed=1, batch_size=1, n_iter=3, enable_hr=True, hr_prompt="x <ljl:J:0,1>")
+    assert built == ["J", "J"]                       # one per Σ, not one per batch or pass
+    host.txt2img("x <ljl:J:1,0>", seed=1, enable_hr=True, hr_prompt="x <ljl:J:0,1>")
+    assert built == ["J", "J"]
+
+
+def test_host_layer_cache_would_go_stale_without_a_new_name(host_factory, lora_dir):
+    """What the network-name digest guards against: the host re-merges a layer only when
+    (name, te, unet, dyn) of the loaded nets changes (A1111_HOST_API.md §2.4)."""
+    host = host_factory("sd1", lora_dir=lora_dir)
+    first = gen(host, "x <lora:A:1>")
+    net = host.networks.loaded_networks[0]
+    for module in net.modules.values():                # change the weights in place, same name
+        module.up_model.weight.data.mul_(3)
+    again = gen(host, "x <lora:A:1>")
+    assert_identical(first, again)                    # stale: layers kept the old merge
+    for module in net.modules.values():
+        module.up_model.weight.data.div_(3)
+
+
+def test_removing_the_tag_restores_the_plain_model(host_factory, lora_dir):
+    host = host_factory("sd1", lora_dir=lora_dir)
+    plain = gen(host, "x", seed=2)
+    gen(host, "x <ljl:J:0.7,0.2:lbw=MIDD>", seed=2)
+    assert host.networks.loaded_networks
+    after = gen(host, "x", seed=2)
+    assert host.networks.loaded_networks == []
+    assert_identical(after, plain)

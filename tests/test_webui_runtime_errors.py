@@ -1,0 +1,95 @@
+"""Bad <ljl> tags are reported in the console and the UI, skipped, and the generation goes on
+(issue 3, point 7); the Lora extension being off is said clearly (point 1)."""
+import warnings
+
+import pytest
+
+from host_double.fixtures import assert_close, assert_identical, host_factory, outputs, sd1_loras  # noqa: F401
+
+
+@pytest.fixture
+def sd1(host_factory, sd1_loras):
+    return host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+
+
+BAD_TAGS = [
+    ("<ljl:Nope:1>", "no LoRA named 'Nope'"),
+    ("<ljl:J:1,0,1>", "has 3 values; expected"),
+    ("<ljl:J:1,abc>", "'abc' is not a number"),
+    ("<ljl:J:1:te=abc>", "te='abc' is not a number"),
+    ("<ljl:J:1:lbw=NOPE>", "unknown lbw preset 'NOPE'"),
+    ("<ljl:J:1:lbw=1,1,1,1,1,1,1,1,1,1,1,1>", "SD1 needs 17 or 26"),
+    ("<ljl:J:1:0.5>", "unexpected item '0.5'"),
+    ("<ljl:J:1:dyn=2>", "dyn= is not supported"),
+    ("<ljl:J:C=1>", "C"),
+]
+
+
+@pytest.mark.parametrize("tag,words", BAD_TAGS)
+def test_bad_tag_is_reported_and_skipped(sd1, capsys, tag, words):
+    res = sd1.txt2img(f"x {tag} <ljl:J:0,1>", seed=3, n_iter=2)
+    console = capsys.readouterr().out
+    lines = [line for line in console.splitlines() if line.startswith("[LJL]")]
+    assert len(lines) == 1, console                       # told once per generation, not once per batch
+    assert tag in lines[0] and "skipped" in lines[0] and words in lines[0]
+    assert tag in res.comments and words in res.comments  # the comments shown under the image
+    ref = sd1.txt2img("x <lora:B:1>", seed=3, n_iter=2)
+    for i in range(2):
+        assert_close(outputs(res, i), outputs(ref, i))     # the good tag still applies
+    assert tag in res.all_prompts[0]                       # the prompt keeps what the user wrote
+
+
+def test_bad_tag_alone_leaves_the_plain_model(sd1):
+    plain = outputs(sd1.txt2img("x", seed=2))
+    assert_identical(outputs(sd1.txt2img("x <ljl:J:1,2,3>", seed=2)), plain)
+
+
+def test_gradio_warning_when_gradio_is_loaded(sd1):
+    gradio = pytest.importorskip("gradio")
+    assert hasattr(gradio, "Warning")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sd1.txt2img("x <ljl:Missing:1>", seed=1)
+    assert any("LJL" in str(w.message) and "Missing" in str(w.message) for w in caught)
+
+
+def test_unknown_name_is_found_after_the_file_appears(sd1, sd1_loras):
+    import shutil
+    res = sd1.txt2img("x <ljl:Late:0,1>", seed=1)
+    assert "no LoRA named 'Late'" in res.comments
+    shutil.copy(sd1_loras["J"], sd1.lora_dir / "Late.safetensors")
+    try:
+        late = sd1.txt2img("x <ljl:Late:0,1>", seed=1)        # rescanned by name, like <lora>
+        assert late.comments == ""
+        assert_close(outputs(late), outputs(sd1.txt2img("x <lora:B:1>", seed=1)))
+    finally:
+        (sd1.lora_dir / "Late.safetensors").unlink()
+        sd1.refresh_loras()
+
+
+def test_lora_extension_disabled(host_factory, sd1_loras, capsys):
+    host = host_factory("sd1", lora_dir=sd1_loras["J"].parent, lora_enabled=False)
+    console = capsys.readouterr().out
+    assert "[LJL] <ljl:…> prompt tags are disabled: the built-in Lora extension is disabled" in console
+    import sys
+    assert "networks" not in sys.modules
+    plain = outputs(host.txt2img("x", seed=1))
+    res = host.txt2img("x <ljl:J:1>", seed=1)
+    assert_identical(outputs(res), plain)
+    assert "built-in Lora extension is disabled" in res.comments
+    assert "ljl" in host.extra_networks.extra_network_registry   # the extension itself loaded
+
+
+def test_a_failing_tag_does_not_stop_the_others(sd1, monkeypatch, capsys):
+    from lora_merge_ext.webui import activation
+    original = activation.build_network
+
+    def flaky(host, sd_model, entry, name, *args, **kwargs):
+        if name == "K":
+            raise RuntimeError("simulated host failure")
+        return original(host, sd_model, entry, name, *args, **kwargs)
+
+    monkeypatch.setattr(activation, "build_network", flaky)
+    res = sd1.txt2img("x <ljl:K:1> <ljl:J:0,1>", seed=1)
+    assert "RuntimeError: simulated host failure" in res.comments
+    assert_close(outputs(res), outputs(sd1.txt2img("x <lora:B:1>", seed=1)))
