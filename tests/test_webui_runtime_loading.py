@@ -1,0 +1,176 @@
+"""How the extension loads into the WebUI (issue 3, points 1 and 8), how tags are read (point 2),
+and checks that the host double keeps the host's lifecycle."""
+import ast
+import configparser
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lora_merge_ext.errors import LoraMergeError
+from lora_merge_ext.webui.tag_request import read_tag
+from host_double import LORA_EXTENSION_DIR
+from host_double.fixtures import assert_close, host_factory, outputs, sd1_loras, sdxl_loras  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the entry script -------------------------------------------------------------------------
+
+def test_scripts_folder_holds_one_small_wiring_file():
+    assert sorted(p.name for p in (ROOT / "scripts").iterdir() if p.suffix == ".py") == ["ljl_merge.py"]
+    tree = ast.parse((ROOT / "scripts" / "ljl_merge.py").read_text())
+    assert all(isinstance(node, (ast.Import, ast.ImportFrom, ast.Expr, ast.Assign)) for node in tree.body)
+    assert len([n for n in tree.body if not isinstance(n, ast.Expr) or not isinstance(n.value, ast.Constant)]) <= 5
+
+
+def test_loaded_like_the_host_loads_scripts(host_factory, sd1_loras):
+    host = host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+    entries = [d for d in host.scripts.scripts_data if d.path.endswith("ljl_merge.py")]
+    assert len(entries) == 1 and entries[0].module.__name__ == "ljl_merge.py"
+    assert "ljl_merge.py" not in sys.modules
+    assert str(ROOT) == entries[0].basedir
+    runner = host.scripts.scripts_txt2img
+    ours = [s for s in runner.alwayson_scripts if s.filename.endswith("ljl_merge.py")]
+    assert len(ours) == 1 and ours[0] not in runner.selectable_scripts
+    # before_ui runs in reverse registration order: `ljl` is registered before the built-in `lora`
+    assert list(host.extra_networks.extra_network_registry) == ["hypernet", "ljl", "lora"]
+
+
+def test_uses_the_host_networks_module_itself(host_factory, sd1_loras):
+    host = host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+    from lora_merge_ext.webui.host_lora import lora_modules
+    assert lora_modules().networks is sys.modules["networks"]
+    host.txt2img("x <lora:C:1> <ljl:J:1,0>", seed=1)
+    names = [net.name for net in host.networks.loaded_networks]
+    assert names[0] == "C" and names[1].startswith("J@ljl:") and len(names) == 2
+
+
+def test_imports_the_lora_modules_from_the_builtin_folder_when_not_yet_imported(host_factory, sd1_loras,
+                                                                                 monkeypatch):
+    host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+    for name in ("networks", "network", "network_lora"):
+        monkeypatch.delitem(sys.modules, name)
+    path_before = list(sys.path)
+    from lora_merge_ext.webui.host_lora import lora_modules
+    mods = lora_modules()
+    assert os.path.dirname(mods.networks.__file__) == LORA_EXTENSION_DIR
+    assert sys.path == path_before
+
+
+def test_optional_parts_missing_do_not_stop_loading(tmp_path, monkeypatch):
+    from lora_merge_ext.webui import register
+    assert register._optional("lora_merge_ext.webui.no_such_part") is None
+    (tmp_path / "partpkg").mkdir()
+    (tmp_path / "partpkg" / "__init__.py").write_text("")
+    (tmp_path / "partpkg" / "broken.py").write_text("import no_such_dependency_of_a_part\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert register._optional("partpkg.absent") is None
+    with pytest.raises(ModuleNotFoundError):       # a part that is there but broken is not hidden
+        register._optional("partpkg.broken")
+
+
+def test_metadata_ini_requires_the_builtin_lora():
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / "metadata.ini")
+    assert "lora" in ini["Extension"]["Requires"].replace(",", " ").split()
+    assert ini["scripts/ljl_merge.py"]["After"].strip() == "lora"
+
+
+def test_install_py_installs_nothing_and_uses_no_network(tmp_path):
+    (tmp_path / "launch.py").write_text(textwrap.dedent("""
+        import pathlib
+        LOG = pathlib.Path(__file__).with_name("calls.log")
+        def _log(name, *args):
+            with LOG.open("a") as f:
+                f.write(name + repr(args) + "\\n")
+        def is_installed(package): _log("is_installed", package); return True
+        def run_pip(*args, **kw): _log("run_pip", *args)
+        def run(*args, **kw): _log("run", *args)
+    """))
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent("""
+        import socket, subprocess
+        def _no(*a, **k):
+            raise RuntimeError("install.py must not use the network or run programs")
+        socket.socket = _no
+        socket.create_connection = _no
+        subprocess.Popen = _no
+    """))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run([sys.executable, str(ROOT / "install.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "calls.log").exists()
+
+
+# --- reading a tag ----------------------------------------------------------------------------
+
+def test_read_tag_forms():
+    r = read_tag(["J", "2.5*8,0*4"])
+    assert (r.name, r.sigma, r.te, r.unet, r.lbw) == ("J", "2.5*8,0*4", 1.0, 1.0, None)
+    r = read_tag(["J", "style=1,face=0", "lbw=MIDD", "te=0.5"])   # named components stay the vector
+    assert (r.sigma, r.lbw, r.te, r.unet) == ("style=1,face=0", "MIDD", 0.5, 0.5)
+    r = read_tag(["J", "face=1"])
+    assert r.sigma == "face=1"
+    r = read_tag(["J", "te=0", "unet=1.5"])
+    assert (r.sigma, r.te, r.unet) == ("1", 0.0, 1.5)
+    r = read_tag(["my lora ", " 1,0 ", "lbw= 1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1 "])
+    assert (r.name, r.sigma, r.lbw) == ("my lora", "1,0", "1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1")
+
+
+@pytest.mark.parametrize("items,words", [
+    ([""], "name is empty"), (["J", "1", "0.5"], "unexpected item"), (["J", "te=x"], "not a number"),
+    (["J", "unet=inf"], "not a finite number"), (["J", "1", "te=1", "te=2"], "given twice"),
+    (["J", "dyn=4"], "dyn= is not supported"), (["J", "lbw= "], "lbw= is empty"),
+])
+def test_read_tag_errors(items, words):
+    with pytest.raises(LoraMergeError, match=words):
+        read_tag(items)
+
+
+# --- the double keeps the host's lifecycle ----------------------------------------------------
+
+def test_double_load_networks_clears_every_call_and_activation_order(host_factory, sd1_loras):
+    host = host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+    calls = []
+    registry = host.extra_networks.extra_network_registry
+    for name in ("lora", "ljl"):
+        net = registry[name]
+        original = net.activate
+        net.activate = (lambda orig, n: lambda p, params: (calls.append((n, len(params))), orig(p, params)))(original, name)
+    host.txt2img("x <lora:C:1>", seed=1, n_iter=2)
+    assert calls == [("lora", 1), ("ljl", 0)] * 2            # mentioned first, then the rest with []
+    calls.clear()
+    host.txt2img("x <ljl:J:1> <lora:C:1>", seed=1)
+    assert calls == [("ljl", 1), ("lora", 1)]
+    host.networks.load_networks([])
+    assert host.networks.loaded_networks == []
+
+
+def test_double_layers_carry_real_sd_names(host_factory, sd1_loras):
+    host = host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+    mapping = host.sd_model.network_layer_mapping
+    for name in ("diffusion_model_input_blocks_1_1_transformer_blocks_0_attn1_to_q",
+                 "diffusion_model_input_blocks_1_0_in_layers_2", "diffusion_model_input_blocks_3_0_op",
+                 "diffusion_model_middle_block_1_transformer_blocks_0_attn1_to_v",
+                 "diffusion_model_output_blocks_11_1_transformer_blocks_0_attn1_to_q",
+                 "transformer_text_model_encoder_layers_0_self_attn_q_proj"):
+        assert name in mapping
+    assert mapping["diffusion_model_input_blocks_3_0_op"].stride == (2, 2)
+
+
+def test_double_sdxl_text_encoder_two_is_multihead_attention(host_factory, sdxl_loras):
+    import torch
+    host = host_factory("sdxl", lora_dir=sdxl_loras["J"].parent)
+    mapping = host.sd_model.network_layer_mapping
+    assert isinstance(mapping["1_model_transformer_resblocks_0_attn"], torch.nn.MultiheadAttention)
+    assert "0_transformer_text_model_encoder_layers_0_self_attn_q_proj" in mapping
+    assert "diffusion_model_input_blocks_4_1_transformer_blocks_0_attn1_to_q" in mapping
+    host.txt2img("x <ljl:J:1,0>", seed=1)
+    net = host.networks.loaded_networks[0]
+    assert {"1_model_transformer_resblocks_0_attn_q_proj", "1_model_transformer_resblocks_0_attn_out_proj"} <= set(net.modules)
+    te2 = outputs(host.txt2img("x <ljl:J:1,0>", seed=1))
+    assert_close(te2, outputs(host.txt2img("x <lora:A:1>", seed=1)))
