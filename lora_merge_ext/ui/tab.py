@@ -96,7 +96,7 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                     with gr.Row():
                         rank = gr.Number(value=8, precision=0, label="rank (cap, with dynamic rank)",
                                          elem_id="ljl_merge_rank")
-                        conv_rank = gr.Number(value=None, precision=0, label="conv rank (empty: = rank)",
+                        conv_rank = gr.Number(value=0, precision=0, label="conv rank (0: same as rank)",
                                               elem_id="ljl_merge_conv_rank")
                     dynamic = gr.Checkbox(value=False, label="dynamic rank: keep this fraction of the energy",
                                           elem_id="ljl_merge_dynamic")
@@ -179,7 +179,7 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                 inputs=[values[p] or "" for p in pickers[:count]],
                 weights=[values[w] for w in weights[:count]],
                 lbw=[values[b] or "" for b in lbws[:count]],
-                mode=values[mode], rank=values[rank], conv_rank=values[conv_rank],
+                mode=values[mode], rank=values[rank], conv_rank=values[conv_rank] or None,
                 energy=values[energy] if values[dynamic] else None,
                 dtype=values[dtype], device=values[device], name=values[name] or "",
                 subfolder=values[subfolder] or "", overwrite=bool(values[overwrite]))

@@ -1,0 +1,175 @@
+"""End to end in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): start the
+standalone UI the way a new user does (the shipped examples, merges written to --out-dir), pick the two
+example LoRAs, merge, move a slider, read the tag, and check the file on disk.
+
+Set LJL_SCREENSHOT=docs/screenshot-tab.png to also save the README screenshot.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_merge_ext.layout import layout_of
+from lora_merge_ext.loading import load_lora
+from lora_merge_ext.ui.standalone import EXAMPLES_DIR
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_START_GUARD_S = 600  # a safety net against a hung server, not a speed requirement
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("merged")
+    log_path = out_dir.parent / "server.log"
+    port = free_port()
+    code = "import sys; from lora_merge_ext.ui.standalone import main; sys.exit(main(sys.argv[1:]))"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code, "--out-dir", str(out_dir), "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + SERVER_START_GUARD_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the standalone UI exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(url + "ljl/v1/loras") as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the standalone UI did not answer:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url, out_dir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    url, _ = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            pg.set_default_timeout(120_000)
+            sync_api.expect.set_options(timeout=120_000)  # merges on a busy machine: patience, not a limit
+            pg.goto(url)
+            pg.wait_for_selector("#ljl_merge_input_0 input")
+            yield pg
+        finally:
+            browser.close()
+
+
+def first(pg, elem_id):
+    """gradio 3 repeats a Markdown's elem_id on its inner element: the outer one."""
+    return pg.locator(f"#{elem_id}").first
+
+
+def pick(pg, row, text):
+    box = pg.locator(f"#ljl_merge_input_{row} input")
+    box.click()
+    box.fill(text)  # the dropdown is searchable: typing filters it
+    pg.locator(f"#ljl_merge_input_{row} ul.options li", has_text=text).first.click()
+
+
+def set_name(pg, name):
+    pg.locator("#ljl_merge_name textarea").fill(name)
+
+
+def merge_and_wait(pg, expected_status):
+    pg.click("#ljl_merge_button")
+    expect = sync_api.expect
+    expect(first(pg, "ljl_merge_status")).to_contain_text(expected_status)
+
+
+def test_merge_the_two_examples_and_build_a_tag(page, server):
+    _, out_dir = server
+    expect = sync_api.expect
+    pick(page, 0, "example_ink")
+    pick(page, 1, "example_pastel")
+    expect(first(page, "ljl_merge_info_0")).to_contain_text("SD1 · rank 2 · alpha 1 · 64 modules")
+    expect(first(page, "ljl_merge_info_1")).to_contain_text("SD1 · rank 2")
+
+    set_name(page, "browser_mix")
+    merge_and_wait(page, "✔ wrote browser_mix.safetensors")
+    tag = page.locator("#ljl_merge_tag textarea")
+    expect(tag).to_have_value("<ljl:browser_mix:1,1>")
+    expect(page.locator("#ljl_merge_slider_1")).to_contain_text("example_pastel (rank 2)")
+
+    slider = page.locator("#ljl_merge_slider_1 input[type=number]")
+    slider.fill("0.25")
+    slider.press("Enter")
+    expect(tag).to_have_value("<ljl:browser_mix:1,0.25>")
+
+    path = out_dir / "browser_mix.safetensors"
+    assert path.is_file()
+    merged = load_lora(path)
+    expect(first(page, "ljl_merge_summary")).to_contain_text(merged.metadata["sshs_model_hash"])
+    assert [c.name for c in layout_of(merged).components] == ["example_ink", "example_pastel"]
+    ink = load_lora(EXAMPLES_DIR / "example_ink.safetensors")
+    pastel = load_lora(EXAMPLES_DIR / "example_pastel.safetensors")
+    assert set(merged.modules) == set(ink.modules) and merged.max_rank == 4
+    for name, module in merged.modules.items():
+        expected = ink.modules[name].delta() + pastel.modules[name].delta()
+        torch.testing.assert_close(module.delta(), expected, rtol=2e-3, atol=2e-5)  # saved as fp16
+    assert not list(EXAMPLES_DIR.glob("browser_*"))  # the shipped examples are never written to
+
+    shot = out_dir.parent / "screenshot-tab.png"
+    top = page.locator("#ljl_merge_tab").bounding_box()["y"]  # from the tab down: the folder line shows tmp paths
+    size = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+    page.screenshot(path=str(shot), full_page=True,
+                    clip={"x": 0, "y": max(top - 8, 0), "width": size[0], "height": size[1] - max(top - 8, 0)})
+    target = os.environ.get("LJL_SCREENSHOT")
+    if target:
+        shutil.copyfile(shot, ROOT / target)
+
+
+def test_svd_merge_shows_the_error_plot(page, server):
+    _, out_dir = server
+    expect = sync_api.expect
+    page.locator("#ljl_merge_mode label", has_text="svd").click()
+    rank = page.locator("#ljl_merge_rank input")
+    rank.fill("1")
+    set_name(page, "browser_svd")
+    merge_and_wait(page, "✔ wrote browser_svd.safetensors")
+    expect(page.locator("#ljl_merge_plot svg.ljl-error-plot rect.ljl-bar")).to_have_count(64)
+    expect(first(page, "ljl_merge_summary")).to_contain_text("svd · rank 1")
+    assert load_lora(out_dir / "browser_svd.safetensors").max_rank == 1
+
+
+def test_a_bad_name_is_refused_in_the_status_line(page, server):
+    _, out_dir = server
+    before = sorted(p.name for p in out_dir.iterdir())
+    set_name(page, "../escape")
+    merge_and_wait(page, "path separator")
+    set_name(page, "browser_mix")
+    merge_and_wait(page, "already exists")
+    assert sorted(p.name for p in out_dir.iterdir()) == before

@@ -1,0 +1,90 @@
+"""The tab's gradio layout and the standalone command, short of a browser (see test_ui_browser.py)."""
+import ast
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+
+from lora_factory import make_lora
+from lora_merge_ext.ui import standalone
+from lora_merge_ext.ui.callbacks import MAX_INPUTS, MAX_SLIDERS
+from lora_merge_ext.ui.tab import build_tab, js_kwargs
+
+ROOT = Path(__file__).resolve().parents[1]
+UI_SOURCES = sorted((ROOT / "lora_merge_ext" / "ui").glob("*.py")) + [ROOT / "lora_merge_ext" / "webui" / "tab.py"]
+SMALL = lambda name: "down_blocks_0_attentions_0" in name and "attn2_to_k" in name  # noqa: E731
+
+
+def elem_ids(blocks):
+    return {c.get("props", {}).get("elem_id") for c in blocks.config["components"]} - {None}
+
+
+def test_standalone_layout_has_every_control(tmp_path):
+    make_lora(tmp_path / "a.safetensors", rank=2, keep=SMALL)
+    blocks = build_tab([tmp_path])
+    ids = elem_ids(blocks)
+    for i in range(MAX_INPUTS):
+        assert {f"ljl_merge_input_{i}", f"ljl_merge_weight_{i}", f"ljl_merge_lbw_{i}", f"ljl_merge_info_{i}"} <= ids
+    assert {f"ljl_merge_slider_{i}" for i in range(MAX_SLIDERS)} <= ids
+    assert {"ljl_merge_mode", "ljl_merge_rank", "ljl_merge_conv_rank", "ljl_merge_dynamic", "ljl_merge_energy",
+            "ljl_merge_dtype", "ljl_merge_device", "ljl_merge_name", "ljl_merge_subfolder", "ljl_merge_overwrite",
+            "ljl_merge_button", "ljl_merge_status", "ljl_merge_summary", "ljl_merge_plot", "ljl_merge_tag",
+            "ljl_merge_advanced", "ljl_merge_bake", "ljl_merge_refresh"} <= ids
+    picker = next(c for c in blocks.config["components"] if c["props"].get("elem_id") == "ljl_merge_input_0")
+    assert "a.safetensors" in str(picker["props"]["choices"])
+    device = next(c for c in blocks.config["components"] if c["props"].get("elem_id") == "ljl_merge_device")
+    assert ("cuda" in str(device["props"]["choices"])) == torch.cuda.is_available()
+    js = [d.get("js") for d in blocks.config["dependencies"] if d.get("js")]
+    assert js == []  # the standalone page has no WebUI prompt to send to
+
+
+def test_js_keyword_follows_the_gradio_major_version():
+    key = "js" if int(gr.__version__.split(".")[0]) >= 4 else "_js"
+    assert js_kwargs("() => 1") == {key: "() => 1"}
+
+
+@pytest.mark.parametrize("path", UI_SOURCES, ids=lambda p: p.name)
+def test_sources_stay_portable_to_gradio_4(path):
+    """No Component.update(...) (gone in gradio 4) and no gradio component subclasses."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update":
+            owner = node.func.value
+            assert isinstance(owner, ast.Name) and owner.id == "gr", f"{path.name}:{node.lineno}: use gr.update(...)"
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                assert not (isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name)
+                            and base.value.id == "gr"), f"{path.name}:{node.lineno}: gradio subclass"
+        if isinstance(node, ast.Attribute) and node.attr in ("Box", "style"):
+            assert not (isinstance(node.value, ast.Name) and node.value.id == "gr"), f"{path.name}: gr.{node.attr}"
+
+
+def test_webui_imports_stay_inside_functions():
+    tree = ast.parse((ROOT / "lora_merge_ext" / "webui" / "tab.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            assert not any(n.split(".")[0] in ("modules", "networks", "gradio") for n in names), names
+
+
+def test_standalone_serves_the_examples_and_writes_elsewhere(tmp_path):
+    args = standalone.parse_args(["--out-dir", str(tmp_path / "out")])
+    assert args.host == "127.0.0.1" and args.port is None and args.lora_dir is None
+    folders = standalone.folders(args)
+    assert folders == [tmp_path / "out", standalone.EXAMPLES_DIR] and (tmp_path / "out").is_dir()
+    assert sorted(p.name for p in standalone.EXAMPLES_DIR.glob("*.safetensors")) == [
+        "example_glow.safetensors", "example_ink.safetensors", "example_pastel.safetensors"]
+    lora = standalone.folders(standalone.parse_args(["--lora-dir", str(tmp_path)]))
+    assert lora == [tmp_path]
+
+
+def test_standalone_refuses_a_missing_lora_dir(tmp_path, capsys):
+    assert standalone.main(["--lora-dir", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_default_output_dir_is_outside_the_project(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    out = standalone.default_output_dir()
+    assert ROOT not in out.parents and out.name == "loras"
