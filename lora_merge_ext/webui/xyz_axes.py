@@ -241,8 +241,12 @@ def axis_definitions() -> list[dict]:
 
 
 def find_xyz_grid():
-    """The loaded ``xyz_grid.py`` script module, or None when the plot script is not loaded."""
-    from modules import scripts
+    """The loaded ``xyz_grid.py`` script module, or None when the plot script is not loaded
+    (or when this runs outside the WebUI)."""
+    try:
+        from modules import scripts
+    except ImportError:
+        return None
     for entry in scripts.scripts_data:
         if getattr(entry.script_class, "__module__", None) == "xyz_grid.py":
             return entry.module

@@ -18,24 +18,20 @@ so its classes report ``__module__ == "xyz_grid.py"`` and it is not put in ``sys
 Drawing the grid image is not modelled: ``run`` returns an ``XyzResult`` with every cell's
 result and copy of ``p``.
 """
-from __future__ import annotations
-
 import csv
 import random
 import re
 from collections import namedtuple
 from copy import copy
-from dataclasses import dataclass, field
 from io import StringIO
 from itertools import chain, permutations
 
 import numpy as np
 
-try:  # the host double's fake `modules` package, when it is on sys.path
-    from modules import scripts as _scripts
-    _ScriptBase = _scripts.Script
-except ImportError:  # pragma: no cover - used only without the fake host
-    _ScriptBase = object
+try:  # the host double's `modules` package, when it is on sys.path (a module, not a class, is bound
+    import modules.scripts as scripts  # here: the host registers every Script subclass in the namespace)
+except ImportError:  # pragma: no cover - used only without the host double
+    scripts = None
 
 AxisInfo = namedtuple("AxisInfo", ["axis", "values"])
 
@@ -263,23 +259,43 @@ def _loop_order(x_opt, y_opt, z_opt):
     return first, second
 
 
-@dataclass
+Control = namedtuple("Control", ["name", "value"])
+
+
 class XyzResult:
-    """What the double's run returns in place of the grid image."""
+    """What the double's run returns in place of the host's Processed with the grid image:
+    every cell's result, the labels, and ``images``/``info`` for the API double (the cells' first
+    images in the host's grid order ``ix + iy·len(xs) + iz·len(xs)·len(ys)``; no grid is drawn).
 
-    xs: list
-    ys: list
-    zs: list
-    x_labels: list
-    y_labels: list
-    z_labels: list
-    cells: dict = field(default_factory=dict)       # (ix, iy, iz) → result of process_images
-    copies: dict = field(default_factory=dict)      # (ix, iy, iz) → the processing copy it ran
-    errors: dict = field(default_factory=dict)      # (ix, iy, iz) → exception shown by the host
-    order: list = field(default_factory=list)       # (ix, iy, iz) in the order cells ran
+    (A plain class: the module is not in sys.modules, where dataclasses would look.)"""
+
+    def __init__(self, xs, ys, zs, x_labels, y_labels, z_labels):
+        self.xs, self.ys, self.zs = xs, ys, zs
+        self.x_labels, self.y_labels, self.z_labels = x_labels, y_labels, z_labels
+        self.cells = {}    # (ix, iy, iz) → result of process_images
+        self.copies = {}   # (ix, iy, iz) → the processing copy it ran
+        self.errors = {}   # (ix, iy, iz) → exception shown by the host
+        self.order = []    # (ix, iy, iz) in the order cells ran
+
+    @property
+    def images(self):
+        out = []
+        for iz in range(len(self.zs)):
+            for iy in range(len(self.ys)):
+                for ix in range(len(self.xs)):
+                    res = self.cells.get((ix, iy, iz))
+                    out.append(res.images[0] if res is not None and res.images else None)
+        return out
+
+    @property
+    def info(self):
+        import json
+        return json.dumps({"x_labels": [str(v) for v in self.x_labels], "y_labels": [str(v) for v in self.y_labels],
+                           "z_labels": [str(v) for v in self.z_labels],
+                           "errors": {str(k): str(v) for k, v in self.errors.items()}})
 
 
-class Script(_ScriptBase):
+class Script(scripts.Script if scripts is not None else object):
     def title(self):
         return "X/Y/Z plot"
 
@@ -288,9 +304,14 @@ class Script(_ScriptBase):
 
     def ui(self, is_img2img):
         self.current_axis_options = [x for x in axis_options if type(x) == AxisOption or x.is_img2img == is_img2img]
-        return ["x_type", "x_values", "x_values_dropdown", "y_type", "y_values", "y_values_dropdown",
-                "z_type", "z_values", "z_values_dropdown", "draw_legend", "include_lone_images",
-                "include_sub_grids", "no_fixed_seeds", "margin_size", "csv_mode"]
+        # the controls, in the host's order, with the values the host's components start with
+        # (the axis-type dropdowns are index-typed: their value reaches run() as an index)
+        return [Control(name, value) for name, value in (
+            ("x_type", 1), ("x_values", ""), ("x_values_dropdown", []),
+            ("y_type", 0), ("y_values", ""), ("y_values_dropdown", []),
+            ("z_type", 0), ("z_values", ""), ("z_values_dropdown", []),
+            ("draw_legend", True), ("include_lone_images", False), ("include_sub_grids", False),
+            ("no_fixed_seeds", False), ("margin_size", 0), ("csv_mode", False))]
 
     def run(self, p, x_type, x_values, x_values_dropdown, y_type, y_values, y_values_dropdown,
             z_type, z_values, z_values_dropdown, draw_legend=True, include_lone_images=False,
