@@ -1,7 +1,7 @@
-"""Factors of one LoRA module with per-rank multipliers folded in: up·diag(c)·down as (down, up).
+"""The up factor of one LoRA module with per-rank multipliers folded in: up·diag(c).
 
 Used by the WebUI runtime to hand Σ (and lbw, and the module's alpha/rank scale) to the host's own
-LoRA code as ordinary factors; ranks whose multiplier is 0 are dropped.
+LoRA code as ordinary factors: ΔW = (up·diag(c))·down.
 """
 from __future__ import annotations
 
@@ -10,20 +10,11 @@ import torch
 from .lora_file import LoraModule
 
 
-def fold_into_up(module: LoraModule, coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(down, up) with up·down = module.up·diag(c)·module.down, c = `coefficients` (one per rank).
-
-    Ranks with c = 0 are left out; None when every c is 0.  down keeps its shape class
-    ((r, in) or (r, in, kh, kw)), up stays (out, r) or (out, r, 1, 1).
-    """
+def scaled_up(module: LoraModule, coefficients: torch.Tensor) -> torch.Tensor | None:
+    """up·diag(c) for c = `coefficients` (one per rank), in up's shape; None when every c is 0."""
     c = coefficients.to(torch.float32).flatten()
     if c.numel() != module.rank:
         raise ValueError(f"{module.name}: {c.numel()} multipliers for rank {module.rank}")
-    keep = torch.nonzero(c).flatten()
-    if keep.numel() == 0:
+    if not bool(torch.any(c != 0)):
         return None
-    up, down = module.up, module.down
-    if keep.numel() != c.numel():
-        c, up, down = c[keep], up[:, keep], down[keep]
-    shape = (1, -1) + (1,) * (up.dim() - 2)
-    return down.contiguous(), (up * c.reshape(shape)).contiguous()
+    return module.up * c.reshape((1, -1) + (1,) * (module.up.dim() - 2))

@@ -19,7 +19,7 @@ from . import infotext, notify
 from .file_cache import LoraFileCache
 from .host_lora import LoraUnavailable, lora_modules
 from .lookup import find_on_disk
-from .network_build import build_network, digest
+from .network_build import build_network, build_templates, digest
 from .tag_request import read_tag, tag_text
 
 TAG = "ljl"
@@ -32,6 +32,7 @@ class RuntimeState:
         self.networks: "OrderedDict[tuple, object]" = OrderedDict()
         self.previous_keys: set = set()
         self.shorthashes: dict = {}
+        self.templates: dict = {}  # file identity → (the model's layer mapping, host modules)
         self.outcomes: "OrderedDict[tuple, tuple]" = OrderedDict()  # tag items → network names applied
 
     def outcome_changed(self, tags: tuple, names: tuple) -> bool:
@@ -104,6 +105,17 @@ def forget_conds(p) -> None:
             cache[0] = cache[1] = None
 
 
+def _templates(host, sd_model, entry, cached) -> dict:
+    """The host modules of a file version on the current model, built once."""
+    mapping = getattr(sd_model, "network_layer_mapping", None)
+    known = _state.templates.get(cached.identity)
+    if known is None or known[0] is not mapping or mapping is None:
+        templates = build_templates(host, sd_model, entry, cached.lora)
+        _state.templates[cached.identity] = (getattr(sd_model, "network_layer_mapping", None), templates)
+        return templates
+    return known[1]
+
+
 def _network_for(p, host, sd_model, request, presets_box: list):
     entry = find_on_disk(host.networks, request.name)
     cached = _state.files.get(entry.filename)
@@ -121,7 +133,8 @@ def _network_for(p, host, sd_model, request, presets_box: list):
     net = _state.networks.get(key)
     if net is None:
         net = build_network(host, sd_model, entry, request.name, cached.lora, layout, per_rank, weights,
-                            request.te, request.unet, key_digest, mtime=cached.identity[1] / 1e9)
+                            request.te, request.unet, key_digest, mtime=cached.identity[1] / 1e9,
+                            templates=_templates(host, sd_model, entry, cached))
         _state.networks[key] = net
     infotext.record(p, request.name, _shorthash(entry, cached))
     return key, cached.identity[0], net
@@ -162,5 +175,8 @@ def activate(p, extra_network_data) -> None:
                               tuple(net.name for net in nets)):
         forget_conds(p)
     _state.files.trim(getattr(shared.opts, "lora_in_memory_limit", 0), keep=paths)
+    current = _state.files.identities()
+    for identity in [i for i in _state.templates if i not in current]:
+        del _state.templates[identity]
     _state.keep_networks(keys)
     infotext.write(p)

@@ -47,6 +47,9 @@ class LoraFileCache:
             if key not in keep:
                 del self._entries[key]
 
+    def identities(self) -> set:
+        return {c.identity for c in self._entries.values()}
+
     def __len__(self):
         return len(self._entries)
 
