@@ -221,6 +221,28 @@ def test_the_hires_prompt_is_rewritten_when_it_has_the_tag(sd1):
                      single(sd1, "a <ljl:J:0,1>", enable_hr=True, hr_prompt="b <ljl:J:0,1>"))
 
 
+def test_prompt_lists_and_hires_prompt_lists_are_rewritten():
+    """API requests may carry one prompt per image; every prompt holding the tag is rewritten."""
+    from types import SimpleNamespace
+    from lora_merge_ext.webui.xyz_axes import apply_lbw, apply_sigma
+    p = SimpleNamespace(prompt=["a <ljl:J:1>", "b", "c <ljl:J:1> <ljl:K:1>"], hr_prompt=["h <ljl:K:1>", "i"])
+    apply_sigma(p, "K: 0 1", [])
+    apply_lbw(p, "ALL", [])
+    assert p.prompt == ["a <ljl:J:1:lbw=ALL>", "b", "c <ljl:J:1:lbw=ALL> <ljl:K:0,1>"]
+    assert p.hr_prompt == ["h <ljl:K:0,1:lbw=ALL>", "i"]
+    with pytest.raises(LoraMergeError, match="no <ljl:NAME:…> tag"):
+        apply_sigma(SimpleNamespace(prompt=["a", "b"]), "1", [])
+
+
+def test_register_axes_outside_the_webui_is_a_quiet_no_op(capsys):
+    import importlib
+    from lora_merge_ext.webui import xyz_axes
+    with pytest.raises(ImportError):
+        importlib.import_module("modules")
+    assert xyz_axes.find_xyz_grid() is None and xyz_axes.register_axes() == 0
+    assert capsys.readouterr() == ("", "")
+
+
 # --- errors before the grid starts ----------------------------------------------------------------
 
 CONFIRM_CASES = [
@@ -240,6 +262,8 @@ CONFIRM_CASES = [
     ("a <ljl:J:1>", (LBW, "ALL | NOPE"), "LJL lbw value 'NOPE': unknown lbw preset 'NOPE'"),
     ("a <ljl:J:1>", (LBW, '"1,0,1"'), r"LJL lbw value '1,0,1': lbw '1,0,1' has 3 values; SD1(/SD2)? needs 17 or 26"),
     ("a <ljl:J:1>", (LBW, "x", ["ALL", "MISSING"]), "unknown lbw preset 'MISSING'"),
+    ("a <ljl:J:1>", (SIGMA, " | "), "LJL Σ vector: no values"),
+    ("a <ljl:J:1>", (LBW, "x", []), "LJL lbw: no values"),
 ]
 
 

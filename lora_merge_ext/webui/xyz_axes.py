@@ -13,7 +13,6 @@ script is a fresh module).  WebUI modules are imported only inside functions.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from .. import ljl_tag
@@ -44,27 +43,19 @@ COST = 0.4  # re-merging the LoRA is slower than a seed change, far cheaper than
 
 # --- finding the LoRA a tag names ------------------------------------------------------------
 
-_layouts: dict[tuple, tuple] = {}
-
-
-def _find_file(name: str) -> str:
-    """Path of the LoRA file a tag names, by the runtime's own name lookup."""
-    from . import lookup
-    return lookup.lora_path(name)
-
-
 def lora_info(name: str):
-    """(layout, family) of the LoRA a tag names; files are read once per (path, mtime, size)."""
+    """(layout, family for lbw) of the LoRA a tag names, found and read the way the ``<ljl>``
+    runtime does it: the same name lookup, the same file cache (a file confirmed here is not read
+    again by the first cell), and lbw checked against the loaded model's family."""
     from ..layout import layout_of
-    from ..loading import load_lora
-    path = _find_file(name)
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-    if key not in _layouts:
-        lora = load_lora(path)
-        _layouts.clear()  # keep one file: a grid varies one or two tags
-        _layouts[key] = (layout_of(lora), lora.family)
-    return _layouts[key]
+    from . import activation, lookup
+    cached = activation.state().files.get(lookup.lora_path(name))
+    try:
+        from modules import shared
+        sd_model = shared.sd_model
+    except ImportError:
+        sd_model = None
+    return layout_of(cached.lora), activation.model_family(sd_model, cached.lora.family)
 
 
 # --- prompt rewriting ---------------------------------------------------------------------
@@ -206,7 +197,7 @@ def confirm_lbw(p, xs):
     from ..presets import load_presets
     if not xs:
         raise LoraMergeError(f"{LBW_AXIS}: no values; {AXIS_HINTS[LBW_LABEL]}")
-    presets = None
+    presets = []  # read preset.txt once, and only when a value is a name
     for value in xs:
         try:
             name, spec = lbw_value(value)
@@ -215,8 +206,9 @@ def confirm_lbw(p, xs):
             raise _fail(LBW_AXIS, value, exc) from None
         _, family = _info(LBW_AXIS, _tag(p, LBW_AXIS, name, value))
         try:
-            presets = presets if presets is not None else load_presets()
-            parse_lbw(spec, family, presets)
+            if "," not in spec and not presets:
+                presets.append(load_presets())
+            parse_lbw(spec, family, presets[0] if presets else None)
         except LoraMergeError as exc:
             raise _fail(LBW_AXIS, value, exc) from None
 
