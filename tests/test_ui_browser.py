@@ -151,6 +151,23 @@ def test_merge_the_two_examples_and_build_a_tag(page, server):
     if target:
         shutil.copyfile(shot, ROOT / target)
 
+    page.click("#ljl_merge_bake")  # "Save with Σ" at the current sliders
+    expect(first(page, "ljl_merge_bake_status")).to_contain_text("✔ wrote browser_mix_baked.safetensors (Σ = 1,0.25")
+    baked = load_lora(out_dir / "browser_mix_baked.safetensors")
+    for name, module in baked.modules.items():
+        expected = ink.modules[name].delta() + 0.25 * pastel.modules[name].delta()
+        torch.testing.assert_close(module.delta(), expected, rtol=2e-3, atol=2e-5)
+
+
+def test_the_tag_builder_opens_any_file(page):
+    expect = sync_api.expect
+    box = page.locator("#ljl_merge_tag_file input")
+    box.click()
+    box.fill("example_glow")
+    page.locator("#ljl_merge_tag_file ul.options li", has_text="example_glow").first.click()
+    expect(page.locator("#ljl_merge_tag textarea")).to_have_value("<ljl:example_glow:1>")
+    expect(page.locator("#ljl_merge_slider_1")).to_be_hidden()
+
 
 def test_svd_merge_shows_the_error_plot(page, server):
     _, out_dir = server

@@ -135,3 +135,15 @@ def test_error_plot_is_valid_svg_with_a_bar_per_module_and_height_by_error():
     assert part_of("lora_unet_input_blocks_4_1_proj_in") == "UNet down"
     assert "no modules" in error_plot_svg([])
     ET.fromstring(error_plot_svg([ReportRow("<&>", 1, 0.0)]))  # names are escaped
+
+
+def test_any_file_of_the_folders_can_feed_the_tag_builder(service):
+    callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="joined"))
+    view = callbacks.open_for_tag(service, "joined.safetensors")
+    assert view.ok and view.tag == "<ljl:joined:1,1>"
+    assert [s.label for s in view.sliders if s.visible] == ["style (rank 2)", "face (rank 4)"]
+    assert callbacks.tag(view.state, [0.5, 1], "", "ALL") == ("<ljl:joined:0.5,1:lbw=ALL>", "")
+    plain = callbacks.open_for_tag(service, "face.safetensors")
+    assert plain.ok and plain.tag == "<ljl:face:1>" and sum(s.visible for s in plain.sliders) == 1
+    missing = callbacks.open_for_tag(service, "../nope.safetensors")
+    assert not missing.ok and "outside the Lora folders" in missing.status

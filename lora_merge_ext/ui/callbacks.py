@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..errors import LoraMergeError
-from ..layout import JoinLayout
+from ..layout import Component, JoinLayout
 from . import tag_builder
 from .handlers import MergeRequest, MergeService, SavedOutcome
 from .input_info import check_families, describe
@@ -106,6 +106,23 @@ def merge(service: MergeService, req: MergeRequest, progress: Callable | None = 
         choices=service.library.labels(),
         subfolders=service.subfolders(),
     )
+
+
+def open_for_tag(service: MergeService, label: str | None) -> ResultView:
+    """Point the tag builder at a file of the Lora folders (a joined one gets a slider per component)."""
+    if not label:
+        return ResultView(ok=False, status="")
+    try:
+        path = service.library.path_of(label)
+        info = describe(path)
+    except LoraMergeError as exc:
+        return ResultView(ok=False, status=error_status(exc))
+    layout = JoinLayout([Component(n, r) for n, r in info.components])
+    state = {"path": str(path), "label": label, "name": tag_builder.tag_name(path), "layout": layout.to_metadata()}
+    sliders = slider_views(layout)
+    return ResultView(ok=True, status="", state=state, sliders=sliders,
+                      tag=tag_builder.build_tag(state["name"], layout, [v.value for v in sliders]),
+                      bake_name=f"{state['name']}_baked")
 
 
 def tag(state: dict | None, sliders: Sequence[float], advanced: str = "", lbw: str = "") -> tuple[str, str]:

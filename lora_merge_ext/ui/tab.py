@@ -124,6 +124,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
             with gr.Column(scale=2):
                 gr.Markdown("### Tag", elem_id="ljl_merge_tag_title")
                 result = gr.State({})
+                tag_file = gr.Dropdown(choices=choices, value=None, label="file (the last merge, or any)",
+                                       elem_id="ljl_merge_tag_file")
                 sliders = [gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label=f"component {i + 1}", visible=False,
                                      elem_id=f"ljl_merge_slider_{i}") for i in range(MAX_SLIDERS)]
                 with gr.Accordion("advanced: Σ per rank", open=False, elem_id="ljl_merge_advanced_box"):
@@ -160,9 +162,9 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
 
         def on_refresh():
             labels, subs = callbacks.refresh(service)
-            return [*[gr.update(choices=labels) for _ in pickers], gr.update(choices=subs)]
+            return [*[gr.update(choices=labels) for _ in pickers], gr.update(choices=subs), gr.update(choices=labels)]
 
-        refresh.click(on_refresh, inputs=[], outputs=[*pickers, subfolder])
+        refresh.click(on_refresh, inputs=[], outputs=[*pickers, subfolder, tag_file])
 
         mode.change(lambda m: [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd")],
                     inputs=[mode], outputs=[mode, svd_options])
@@ -171,7 +173,7 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
         form = {shown, mode, rank, conv_rank, dynamic, energy, dtype, device, name, subfolder, overwrite,
                 *pickers, *weights, *lbws}
         outputs = [status, summary, components, plot, result, *sliders, advanced, tag, tag_message, bake_name,
-                   *pickers, subfolder]
+                   *pickers, subfolder, tag_file]
 
         def on_merge(values, progress=gr.Progress()):
             count = int(values[shown])
@@ -199,11 +201,26 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                 advanced: "", tag: view.tag, tag_message: "", bake_name: view.bake_name,
                 **{p: gr.update(choices=view.choices) for p in pickers},
                 subfolder: gr.update(choices=view.subfolders),
+                tag_file: gr.update(choices=view.choices, value=view.state["label"]),
             }
 
         merged = merge_button.click(on_merge, inputs=form, outputs=outputs)
         if webui:
             merged.then(None, inputs=None, outputs=None, **js_kwargs("() => { ljlMergeRefreshCards(); }"))
+
+        def on_tag_file(label, lbw, state):
+            if label and state and state.get("label") == label:
+                return {}  # already shown (a merge just set it): keep the sliders the user may have moved
+            view = callbacks.open_for_tag(service, label)
+            if not view.ok:
+                return {tag_message: view.status}
+            text, message = callbacks.tag(view.state, [v.value for v in view.sliders], "", lbw)
+            return {result: view.state, tag: text, tag_message: message, bake_name: view.bake_name, advanced: "",
+                    **{s: gr.update(label=v.label, visible=v.visible, value=v.value)
+                       for s, v in zip(sliders, view.sliders)}}
+
+        tag_file.change(on_tag_file, inputs=[tag_file, tag_lbw, result],
+                        outputs=[result, tag, tag_message, bake_name, advanced, *sliders])
 
         def on_tag(state, adv, lbw, *values):
             text, message = callbacks.tag(state, values, adv, lbw)
@@ -216,11 +233,12 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
         def on_bake(state, adv, lbw, out_name, sub, over, dt, *values):
             view = callbacks.bake(service, state, values, adv, lbw, out_name, sub, over, dt)
             if not view.ok:
-                return [view.status, *[gr.update() for _ in pickers]]
-            return [f"{view.status}  \n{view.summary}", *[gr.update(choices=view.choices) for _ in pickers]]
+                return [view.status, *[gr.update() for _ in pickers], gr.update()]
+            return [f"{view.status}  \n{view.summary}", *[gr.update(choices=view.choices) for _ in pickers],
+                    gr.update(choices=view.choices)]
 
         baked = bake_button.click(on_bake, inputs=[result, advanced, tag_lbw, bake_name, subfolder, overwrite, dtype,
-                                                   *sliders], outputs=[bake_status, *pickers])
+                                                   *sliders], outputs=[bake_status, *pickers, tag_file])
         if webui:
             baked.then(None, inputs=None, outputs=None, **js_kwargs("() => { ljlMergeRefreshCards(); }"))
             to_txt2img.click(None, inputs=[tag], outputs=None,
