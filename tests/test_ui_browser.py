@@ -73,19 +73,25 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    url, _ = server
+def browser():
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
-            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-            pg.set_default_timeout(120_000)
-            sync_api.expect.set_options(timeout=120_000)  # merges on a busy machine: patience, not a limit
-            pg.goto(url)
-            pg.wait_for_selector("#ljl_merge_input_0 input")
-            yield pg
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    url, _ = server
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(120_000)
+    sync_api.expect.set_options(timeout=120_000)  # merges on a busy machine: patience, not a limit
+    pg.goto(url)
+    pg.wait_for_selector("#ljl_merge_input_0 input")
+    yield pg
+    pg.close()
 
 
 def first(pg, elem_id):
@@ -190,3 +196,43 @@ def test_a_bad_name_is_refused_in_the_status_line(page, server):
     set_name(page, "browser_mix")
     merge_and_wait(page, "already exists")
     assert sorted(p.name for p in out_dir.iterdir()) == before
+
+
+WEBUI_PAGE = """<html><body>
+<div id="txt2img_prompt"><label><textarea></textarea></label></div>
+<div id="img2img_prompt"><label><textarea></textarea></label></div>
+<button id="txt2img_lora_extra_refresh" onclick="window.refreshed.push('txt2img')"></button>
+<script>
+  window.updated = []; window.switched = []; window.refreshed = [];
+  function gradioApp() { return document; }
+  function updateInput(target) { window.updated.push(target.parentElement.parentElement.id); }
+  function switch_to_txt2img() { window.switched.push('txt2img'); }
+  function switch_to_img2img() { window.switched.push('img2img'); }
+</script></body></html>"""
+
+
+def test_prompt_javascript_sends_and_replaces_tags(browser):
+    """javascript/ljl_merge.js on a page with the WebUI's prompt ids and helper functions."""
+    pg = browser.new_page()
+    pg.set_content(WEBUI_PAGE)
+    pg.add_script_tag(path=str(ROOT / "javascript" / "ljl_merge.js"))
+
+    def send(tab, tag):
+        pg.evaluate("([tab, tag]) => ljlMergeSendTag(tab, tag)", [tab, tag])
+        return pg.input_value(f"#{tab}_prompt textarea")
+
+    assert send("txt2img", "<ljl:mix:1,0>") == "<ljl:mix:1,0>"
+    pg.fill("#txt2img_prompt textarea", "a cat <ljl:mix:1,1:lbw=ALL>, <ljl:other:1>")
+    assert send("txt2img", "<ljl:mix:0.5,1>") == "a cat <ljl:mix:0.5,1>, <ljl:other:1>"
+    pg.fill("#img2img_prompt textarea", "a dog  ")
+    assert send("img2img", "<ljl:m.v2:1>") == "a dog <ljl:m.v2:1>"
+    pg.evaluate("() => { window.opts = {extra_networks_add_text_separator: ', '}; }")
+    pg.fill("#img2img_prompt textarea", "a dog <ljl:mxv2:1>")
+    assert send("img2img", "<ljl:m.v2:1>") == "a dog <ljl:mxv2:1>, <ljl:m.v2:1>"  # '.' is not a wildcard
+    assert send("img2img", "") == "a dog <ljl:mxv2:1>, <ljl:m.v2:1>"  # nothing to send: unchanged
+    assert pg.evaluate("() => window.updated") == ["txt2img_prompt", "txt2img_prompt", "img2img_prompt",
+                                                   "img2img_prompt"]
+    assert pg.evaluate("() => window.switched") == ["txt2img", "txt2img", "img2img", "img2img"]
+    pg.evaluate("() => ljlMergeRefreshCards()")
+    assert pg.evaluate("() => window.refreshed") == ["txt2img"]  # img2img's button is absent here: skipped
+    pg.close()
