@@ -296,3 +296,14 @@ def test_bake_writes_the_joined_file_at_the_chosen_sigma(service, lora_dir):
         service.bake(joined.label, "0", "", "nothing")
     with pytest.raises(LoraMergeError, match="one of the inputs"):
         service.bake(joined.label, "1,1", "", "joined", overwrite=True)
+
+
+def test_refresh_survives_a_folder_link_that_loops(service, lora_dir):
+    import os
+    (lora_dir / "sub").mkdir()
+    try:
+        os.symlink(lora_dir, lora_dir / "sub" / "loop", target_is_directory=True)
+    except (OSError, NotImplementedError):
+        pytest.skip("symlinks not available")
+    labels = service.refresh()
+    assert "a.safetensors" in labels and len(labels) == len(set(labels)) < 10

@@ -44,7 +44,13 @@ class LoraLibrary:
         for root in self.folders:
             if not root.is_dir():
                 continue
+            visited = set()
             for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                real = os.path.realpath(dirpath)
+                if real in visited:  # a folder link that loops back: walk it once
+                    dirnames[:] = []
+                    continue
+                visited.add(real)
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for fn in filenames:
                     if fn.lower().endswith(LORA_EXTENSIONS) and not fn.startswith("."):
