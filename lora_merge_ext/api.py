@@ -15,7 +15,7 @@ from .merge import MergeResult, canonical_mode, merge_loras
 from .output_metadata import output_metadata
 from .presets import load_presets
 from .realize import realize_lora
-from .safetensors_io import save_safetensors_atomic, tensor_data_sha256
+from .safetensors_io import a1111_hash, save_safetensors_atomic
 from .sigma import parse_sigma
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -51,7 +51,7 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
     provenance = {
         "mode": canonical_mode(mode),
         "inputs": [{"name": n, "file": os.path.basename(l.path) if l.path else None,
-                    "sha256": tensor_data_sha256(l.path) if l.path else None, "weight": w, "lbw": s or None}
+                    "sha256": a1111_hash(l.path) if l.path else None, "weight": w, "lbw": s or None}
                    for n, l, w, s in zip(names, loras, ws, specs)],
     }
     if provenance["mode"] == "svd":
@@ -71,7 +71,7 @@ def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float
     weights = parse_lbw(lbw, lora.family, presets if presets is not None else load_presets()) if lbw else None
     out = realize_lora(lora, layout, per_rank, weights, te, unet)
     source = {"file": os.path.basename(lora.path) if lora.path else None,
-              "sha256": tensor_data_sha256(lora.path) if lora.path else None}
+              "sha256": a1111_hash(lora.path) if lora.path else None}
     out.metadata = output_metadata(out, [lora], {"mode": "realize", "inputs": [source],
                                                  "sigma": sigma if isinstance(sigma, str) else per_rank,
                                                  "lbw": lbw, "te": te, "unet": unet})

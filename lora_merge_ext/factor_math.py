@@ -72,15 +72,13 @@ def add_parts(parts: list[tuple[torch.Tensor, torch.Tensor, float, float]]) -> t
 
 def relative_error(target: list[Part], result: list[Part]) -> float:
     """‖Σ result − Σ target‖_F / ‖Σ target‖_F from Gram matrices (float64, no dense ΔW)."""
-    a, b = stacked(target)
-    num = _frobenius_sq(torch.cat([a, -stacked(result)[0]], 1), torch.cat([b, stacked(result)[1]], 0))
-    den = _frobenius_sq(a, b)
-    if den <= 0.0:
-        return 0.0 if num <= 1e-30 else math.inf
-    return math.sqrt(max(num, 0.0) / den)
-
-
-def _frobenius_sq(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a @ b‖²_F = Σ (aᵀa) ⊙ (b bᵀ)."""
-    a, b = a.double(), b.double()
-    return float(((a.T @ a) * (b @ b.T)).sum())
+    a, b = (x.double() for x in stacked(target))
+    u, d = (x.double() for x in stacked(result))
+    ga, gb = a.T @ a, b @ b.T
+    target_sq = float((ga * gb).sum())
+    result_sq = float(((u.T @ u) * (d @ d.T)).sum())
+    cross = float(((a.T @ u) * (b @ d.T)).sum())
+    diff_sq = max(target_sq + result_sq - 2.0 * cross, 0.0)
+    if target_sq <= 0.0:
+        return 0.0 if diff_sq <= 1e-30 else math.inf
+    return math.sqrt(diff_sq / target_sq)

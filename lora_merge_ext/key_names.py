@@ -18,13 +18,14 @@ PEFT_SUFFIXES = {
 }
 PEFT_PREFIXES = {"unet.": "lora_unet_", "text_encoder_2.": "lora_te2_", "text_encoder.": "lora_te_"}
 
-# key fragments of LoRA types this tool does not merge, named for the error message
-UNSUPPORTED_TYPES = [
-    ("hada_w1", "LoHa"), ("hada_w2", "LoHa"), ("lokr_w1", "LoKr"), ("lokr_w2", "LoKr"),
-    ("on_input", "IA3"), ("oft_blocks", "OFT"), ("oft_diag", "OFT"), ("dora_scale", "DoRA"),
-    (".a1.weight", "GLoRA"), (".b1.weight", "GLoRA"), ("w_norm", "Norm"), ("b_norm", "Norm"),
-    (".diff", "full (diff)"), (".diff_b", "full (diff)"),
-]
+# key segments of LoRA types this tool does not merge, named for the error message
+UNSUPPORTED_TYPES = {
+    "hada_w1_a": "LoHa", "hada_w1_b": "LoHa", "hada_w2_a": "LoHa", "hada_w2_b": "LoHa", "hada_t1": "LoHa",
+    "lokr_w1": "LoKr", "lokr_w2": "LoKr", "lokr_w1_a": "LoKr", "lokr_w1_b": "LoKr", "lokr_w2_a": "LoKr",
+    "lokr_w2_b": "LoKr", "lokr_t2": "LoKr", "on_input": "IA3", "oft_blocks": "OFT", "oft_diag": "OFT",
+    "dora_scale": "DoRA", "lora_magnitude_vector": "DoRA", "a1": "GLoRA", "a2": "GLoRA", "b1": "GLoRA",
+    "b2": "GLoRA", "w_norm": "Norm", "b_norm": "Norm", "diff": "full (diff)", "diff_b": "full (diff)",
+}
 
 _RESNET = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
            "conv_shortcut": "skip_connection", "norm1": "in_layers_0", "norm2": "out_layers_0"}
@@ -35,9 +36,9 @@ _PLAIN = {"conv_in": "input_blocks_0_0", "conv_out": "out_2", "conv_norm_out": "
 
 def unsupported_type(key: str) -> str | None:
     """Name of the LoRA type a key belongs to when this tool cannot merge it, else None."""
-    for fragment, kind in UNSUPPORTED_TYPES:
-        if fragment in key:
-            return kind
+    for segment in key.split(".")[1:]:
+        if segment in UNSUPPORTED_TYPES:
+            return UNSUPPORTED_TYPES[segment]
     return None
 
 

@@ -59,7 +59,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         parts = [(m.up2d().to(dev), m.down2d().to(dev), weights[k] * lbw_factor(factors[k], name) * m.scale)
                  for k, m in present]
         first = present[0][1]
-        if mode == "concat" or len(present) == 1:
+        if mode == "concat" or (mode == "add" and len(present) == 1):
             up, down = concat_parts(parts)
             alpha = float(up.shape[1])
         elif mode == "svd":

@@ -84,6 +84,8 @@ def read_safetensors(path: os.PathLike | str, keys: Iterable[str] | None = None
 def read_state_dict(path: os.PathLike | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) from .safetensors, or from a pickled .pt/.pth/.ckpt/.bin loaded with
     weights_only=True (never runs code from the file; metadata is then empty)."""
+    if os.path.isdir(path):
+        raise fail(path, "is a folder, expected a LoRA file")
     suffix = Path(path).suffix.lower()
     if suffix == ".safetensors":
         return read_safetensors(path)

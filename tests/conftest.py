@@ -1,0 +1,5 @@
+"""Shared pytest setup: make tests/ importable for the fixture and oracle modules."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

@@ -1,0 +1,84 @@
+"""The command line, run as a real subprocess: outputs, exit codes and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from delta_oracle import dense_deltas
+from lora_factory import make_lora
+
+KEEP = lambda n: "layers_5_self_attn_k" in n or "attn1_to_out" in n or "up_blocks_1_resnets_0_conv2" in n
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "lora_merge_ext", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    a = make_lora(d / "a.safetensors", "sd15_locon", rank=4, seed=1, keep=KEEP)
+    b = make_lora(d / "b.safetensors", "sd15_locon", rank=2, alpha=1.0, seed=2, keep=KEEP)
+    return d, a, b
+
+
+def test_merge_realize_inspect_round_trip(files):
+    d, a, b = files
+    out = d / "j.safetensors"
+    r = run("merge", a, b, "-o", out, "--mode", "join", "--weights=-0.5,1", "--dtype", "fp32")
+    assert r.returncode == 0, r.stderr
+    assert "merging:" in r.stderr and "wrote" in r.stdout
+    da, db, dj = dense_deltas(a), dense_deltas(b), dense_deltas(out)
+    for n in dj:
+        assert torch.allclose(dj[n], -0.5 * da[n] + db[n], rtol=1e-5, atol=1e-7)
+    info = json.loads(run("inspect", out, "--json").stdout)
+    assert [c["name"] for c in info["components"]] == ["a", "b"] and info["family"] == "SD1"
+    r = run("realize", out, "-o", d / "only_b.safetensors", "--sigma", "0,1")
+    assert r.returncode == 0, r.stderr
+    ob = dense_deltas(d / "only_b.safetensors")
+    for n in ob:
+        assert torch.allclose(ob[n], db[n], rtol=1e-5, atol=1e-7)
+
+
+def test_svd_with_lbw_per_input(files):
+    d, a, b = files
+    out = d / "s.safetensors"
+    r = run("merge", a, b, "-o", out, "--mode", "svd", "--rank", "2", "--conv-rank", "1", "--lbw", "MIDD;", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert "relative error" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["merge", "{a}", "{missing}", "-o", "{d}/x.safetensors"], "missing"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--weights", "1,zz"], "--weights"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--weights=1,2,3"], "3 weights for 2 inputs"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--lbw", "ALL;ALL;ALL"], "3 lbw specs"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--lbw", "NOSUCH"], "NOSUCH"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--mode", "add"], "equal ranks"),
+    (["merge", "{a}", "{b}", "-o", "{a}", "--overwrite"], "input"),
+    (["merge", "{a}", "{b}", "-o", "{b}"], "input"),
+    (["merge", "{a}", "{notalora}", "-o", "{d}/x.safetensors"], "notalora"),
+    (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1,1,1"], "expected 1 or 4"),
+    (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1", "--lbw", "1,1"], "2"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--rank", "two"], "two"),
+    (["inspect", "{d}"], "folder|directory"),
+])
+def test_bad_input_is_one_error_line_and_status_2(files, args, message):
+    d, a, b = files
+    notalora = d / "notalora.safetensors"
+    notalora.write_bytes(b"hello, this is not a safetensors file")
+    args = [x.format(a=a, b=b, d=d, missing=d / "missing.safetensors", notalora=notalora) for x in args]
+    before = sorted(os.listdir(d))
+    r = run(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    import re
+    assert re.search(message, lines[0]), lines[0]
+    assert sorted(os.listdir(d)) == before

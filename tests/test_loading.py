@@ -1,0 +1,105 @@
+"""Reading LoRA files: key forms, dtypes, Tucker, families, and refusals by name."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from delta_oracle import dense_deltas
+from lora_factory import make_tensors, to_peft, write_lora
+from lora_merge_ext import api
+from lora_merge_ext.errors import LoraMergeError
+
+KEEP = lambda n: "layers_1_" in n or "attn2_to_v" in n or "down_blocks_1_resnets_0_conv2" in n or "proj_out" in n
+
+
+def deltas_of(lora):
+    return {n: m.delta().double() for n, m in lora.modules.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_kohya_locon_in_every_dtype(tmp_path, dtype):
+    path = write_lora(tmp_path / "a.safetensors", make_tensors("sd15_locon", rank=4, seed=1, keep=KEEP, dtype=dtype))
+    lora = api.load(path)
+    assert lora.family == "sd1"
+    want = dense_deltas(path)
+    got = deltas_of(lora)
+    assert set(got) == set(want)
+    for n in want:
+        assert torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-7), n
+        assert got[n].dtype == torch.float64 and lora.modules[n].down.dtype == torch.float32
+
+
+def test_missing_alpha_means_scale_one(tmp_path):
+    path = write_lora(tmp_path / "a.safetensors", make_tensors("sd15_lora", rank=8, alpha=None, keep=KEEP))
+    lora = api.load(path)
+    assert all(m.alpha is None and m.scale == 1.0 for m in lora.modules.values())
+
+
+def test_tucker_mid_is_folded_exactly(tmp_path):
+    path = write_lora(tmp_path / "t.safetensors", make_tensors("sd15_locon", rank=4, tucker=True, seed=3, keep=KEEP))
+    lora = api.load(path)
+    conv = [n for n, m in lora.modules.items() if m.kernel == (3, 3)]
+    assert conv
+    want = dense_deltas(path)
+    for n in conv:
+        assert lora.modules[n].down.shape[2:] == (3, 3)
+        assert torch.allclose(lora.modules[n].delta().double(), want[n], rtol=1e-5, atol=1e-7)
+
+
+def test_peft_sd1_keys_are_kohya_modules(tmp_path):
+    kohya = make_tensors("sd15_lora", rank=4, alpha=2.0, seed=4, keep=KEEP)
+    k = api.load(write_lora(tmp_path / "k.safetensors", kohya))
+    p = api.load(write_lora(tmp_path / "p.safetensors", to_peft(kohya, "sd1"), None))
+    assert set(p.modules) == set(k.modules)
+    for n in k.modules:
+        assert torch.allclose(p.modules[n].delta(), k.modules[n].delta(), rtol=1e-5, atol=1e-7), n
+
+
+def test_sdxl_detection_and_names(tmp_path):
+    keep = lambda n: "layers_0_self_attn_q" in n or "input_blocks_8_1_transformer_blocks_0_attn2" in n
+    lora = api.load(write_lora(tmp_path / "x.safetensors", make_tensors("sdxl_lora", keep=keep), None))
+    assert lora.family == "sdxl"
+    assert any(n.startswith("lora_te2_") for n in lora.modules)
+
+
+def test_sd2_from_metadata_or_shapes(tmp_path):
+    t = make_tensors("sd15_lora", keep=lambda n: "attn1_to_q" in n)
+    assert api.load(write_lora(tmp_path / "a.safetensors", t, None, {"ss_v2": "True"})).family == "sd2"
+    t = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.randn(2, 1024),
+         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": torch.randn(320, 2)}
+    assert api.load(write_lora(tmp_path / "b.safetensors", t, None)).family == "sd2"
+
+
+@pytest.mark.parametrize("suffix, kind", [
+    ("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr"), ("on_input", "IA3"), ("oft_blocks", "OFT"),
+    ("dora_scale", "DoRA"), ("diff", "full"),
+])
+def test_unmergeable_types_are_refused_by_name(tmp_path, suffix, kind):
+    t = make_tensors("sd15_lora", keep=lambda n: "attn1_to_q" in n)
+    t[f"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_k.{suffix}"] = torch.zeros(4, 4)
+    path = write_lora(tmp_path / "x.safetensors", t)
+    with pytest.raises(LoraMergeError, match=kind):
+        api.load(path)
+
+
+def test_checkpoint_is_not_a_lora(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(path))
+    with pytest.raises(LoraMergeError, match="checkpoint, not a LoRA"):
+        api.load(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, n: t.__setitem__(f"{n}.lora_up.weight", torch.zeros(320, 3)), "does not fit"),
+    (lambda t, n: t.__delitem__(f"{n}.lora_up.weight"), "no up weight"),
+    (lambda t, n: t.__setitem__(f"{n}.alpha", torch.ones(2)), "scalar"),
+    (lambda t, n: t[f"{n}.lora_down.weight"].__setitem__((0, 0), float("nan")), "NaN or Inf"),
+    (lambda t, n: t.__setitem__(f"{n}.lora_up.weight", torch.full((320, 4), float("inf"))), "NaN or Inf"),
+])
+def test_broken_modules_are_refused_with_the_module_named(tmp_path, edit, message):
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    t = make_tensors("sd15_lora", keep=lambda n: "attn1_to_q" in n)
+    edit(t, name)
+    path = write_lora(tmp_path / "x.safetensors", t)
+    with pytest.raises(LoraMergeError, match=message) as info:
+        api.load(path)
+    assert name in str(info.value) and "\n" not in str(info.value)

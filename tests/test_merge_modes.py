@@ -1,0 +1,212 @@
+"""concat / add / svd against ΔW computed independently from the raw files."""
+import pytest
+import torch
+
+from delta_oracle import dense_deltas, factor_17
+from lora_factory import make_lora, make_tensors, write_lora
+from lora_merge_ext import api
+from lora_merge_ext.errors import LoraMergeError
+
+SMALL_MODULES = ("layers_0_self_attn_q_proj", "layers_0_mlp_fc1", "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+                 "mid_block_attentions_0_transformer_blocks_0_attn1_to_q", "down_blocks_2_attentions_1_transformer_blocks_0_attn2_to_k",
+                 "up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_k", "down_blocks_1_attentions_1_proj_in",
+                 "down_blocks_0_resnets_0_conv1", "down_blocks_0_downsamplers_0_conv")
+SMALL = lambda n: n.endswith(SMALL_MODULES)  # a few modules of every kind and size keep the dense oracle fast
+
+
+def merged_deltas(result, tmp_path, name="out.safetensors"):
+    saved = api.save(result.lora, tmp_path / name)
+    return dense_deltas(saved.path)
+
+
+def target(paths, weights, factors=None):
+    """T(m) = Σ_k w_k·b_k(m)·ΔW_k(m) over the union of modules."""
+    out = {}
+    for k, (path, w) in enumerate(zip(paths, weights)):
+        for name, delta in dense_deltas(path).items():
+            b = factors[k](name) if factors and factors[k] else 1.0
+            out[name] = out.get(name, 0) + w * b * delta
+    return out
+
+
+def assert_close(got, want, rtol=2e-5):
+    assert set(got) == set(want)
+    for name in want:
+        scale = want[name].abs().max().item() + 1e-12
+        err = (got[name] - want[name]).abs().max().item() / scale
+        assert err < rtol, f"{name}: relative error {err}"
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Mixed ranks, mixed alphas, one input without alpha, partial module overlap, LoCon convs."""
+    a = make_lora(tmp_path / "a.safetensors", "sd15_locon", rank=4, alpha=3.0, seed=1, keep=SMALL)
+    b = make_lora(tmp_path / "b.safetensors", "sd15_locon", rank=lambda n: 8 if n.startswith("lora_te") else 2, alpha=None,
+                  seed=2, keep=lambda n: SMALL(n) and "attn2" not in n)
+    return a, b
+
+
+@pytest.mark.parametrize("mode", ["concat", "join", "ljl"])
+def test_concat_is_exact_with_negative_weights(pair, tmp_path, mode):
+    a, b = pair
+    result = api.merge([a, b], mode=mode, weights=[0.7, -1.3])
+    assert_close(merged_deltas(result, tmp_path), target([a, b], [0.7, -1.3]))
+    assert result.report.summary()["max_error"] < 1e-5
+
+
+def test_concat_ranks_add_up_and_layout_is_recorded(pair, tmp_path):
+    a, b = pair
+    lora = api.merge([a, b]).lora
+    q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    k = "lora_unet_down_blocks_2_attentions_1_transformer_blocks_0_attn2_to_k"  # only in a
+    assert lora.modules[q].rank == 4 + 2 and lora.modules[k].rank == 4
+    from lora_merge_ext.layout import layout_of
+    layout = layout_of(lora)
+    assert [(c.name, c.rank) for c in layout.components] == [("a", 4), ("b", 8)]
+    assert layout.ranks_of(q) == [4, 2] and layout.ranks_of(k) == [4, 0]
+
+
+def test_module_in_one_input_is_carried_exactly_in_add(pair, tmp_path):
+    a, b = pair
+    # a and b have different ranks in shared modules, so add refuses them …
+    with pytest.raises(LoraMergeError, match="equal ranks"):
+        api.merge([a, b], mode="add")
+    # … while modules of one input only are carried over exactly:
+    c = make_lora(tmp_path / "c.safetensors", "sd15_locon", rank=4, alpha=1.0, seed=3,
+                  keep=lambda n: SMALL(n) and "attn1" in n)
+    result = api.merge([a, c], mode="add", weights=[-0.5, 2.0])
+    got = merged_deltas(result, tmp_path)
+    want = target([a], [-0.5])
+    only_a = [n for n in want if "attn1" not in n]
+    assert only_a
+    assert_close({n: got[n] for n in only_a}, {n: want[n] for n in only_a})
+
+
+def test_add_is_the_classic_factor_sum(tmp_path):
+    """up = w1·U1 + c·w2·U2, down = w1·D1 + c·w2·D2, c = √(α2/α1), alpha = α1 (DESIGN §3)."""
+    keep = lambda n: "layers_0_" in n or "attn1_to_q" in n or "down_blocks_0_resnets_0_conv1" in n
+    a = make_lora(tmp_path / "a.safetensors", "sd15_locon", rank=4, alpha=2.0, seed=1, keep=keep)
+    b = make_lora(tmp_path / "b.safetensors", "sd15_locon", rank=4, alpha=8.0, seed=2, keep=keep)
+    w1, w2 = 0.8, -0.6
+    result = api.merge([a, b], mode="add", weights=[w1, w2])
+    got = merged_deltas(result, tmp_path)
+    from delta_oracle import raw_modules
+    ra, rb = raw_modules(a), raw_modules(b)
+    c = (8.0 / 2.0) ** 0.5
+    for name in ra:
+        up = w1 * ra[name]["lora_up.weight"] + c * w2 * rb[name]["lora_up.weight"]
+        down = w1 * ra[name]["lora_down.weight"] + c * w2 * rb[name]["lora_down.weight"]
+        want = (2.0 / 4) * torch.einsum("or,r...->o...", up.reshape(up.shape[0], 4), down)
+        assert torch.allclose(got[name], want, rtol=1e-5, atol=1e-7), name
+    # the report measures the distance to the exact target, which add does not reach
+    t = target([a, b], [w1, w2])
+    name = next(iter(t))
+    err = ((got[name] - t[name]).norm() / t[name].norm()).item()
+    row = next(r for r in result.report.rows if r.module == name)
+    assert row.error == pytest.approx(err, rel=1e-4) and err > 0.01
+
+
+def _singular_values(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.svdvals(t.reshape(t.shape[0], -1).float()).double()
+
+
+def _best_error(t: torch.Tensor, rank: int) -> float:
+    """Eckart–Young: the smallest ‖X − T‖/‖T‖ over rank-n matrices X."""
+    s = _singular_values(t)
+    return float((s[rank:] ** 2).sum().sqrt() / (s ** 2).sum().sqrt())
+
+
+def test_svd_is_the_best_rank_n_approximation(pair, tmp_path):
+    a, b = pair
+    result = api.merge([a, b], mode="svd", weights=[1.0, -0.5], rank=3, conv_rank=2)
+    got = merged_deltas(result, tmp_path)
+    want = target([a, b], [1.0, -0.5])
+    for name, t in want.items():
+        mod = result.lora.modules[name]
+        n = 2 if mod.kernel == (3, 3) else 3
+        assert mod.rank == n
+        err = ((got[name] - t).norm() / t.norm()).item()
+        assert err <= _best_error(t, n) * (1 + 1e-3) + 1e-6, name
+        row = next(r for r in result.report.rows if r.module == name)
+        assert row.error == pytest.approx(err, rel=1e-3, abs=1e-6)
+
+
+def test_svd_is_exact_when_rank_covers_the_inputs(pair, tmp_path):
+    a, b = pair
+    result = api.merge([a, b], mode="svd", weights=[2.0, 0.25], rank=16)
+    assert_close(merged_deltas(result, tmp_path), target([a, b], [2.0, 0.25]), rtol=1e-4)
+    assert all(m.rank <= 16 for m in result.lora.modules.values())
+
+
+def test_svd_dynamic_rank_keeps_the_energy(pair, tmp_path):
+    a, b = pair
+    result = api.merge([a, b], mode="svd", energy=0.9)
+    got = merged_deltas(result, tmp_path)
+    want = target([a, b], [1.0, 1.0])
+    for name, t in want.items():
+        s = _singular_values(t)
+        energy = torch.cumsum(s ** 2, 0) / (s ** 2).sum()
+        n = int((energy < 0.9).sum()) + 1
+        assert result.lora.modules[name].rank == n, name
+        assert ((got[name] - t).norm() / t.norm()).item() <= _best_error(t, n) * (1 + 1e-3) + 1e-6
+
+
+def test_lbw_folds_into_the_weights(pair, tmp_path):
+    a, b = pair
+    va = [1, 0.5, 0, 1, 1, 0.25, 1, 2, 1, 1, 1, 1, 0, 1, 1, 1, 1]
+    spec = ",".join(str(v) for v in va)
+    result = api.merge([a, b], mode="concat", weights=[1.0, 0.5], lbw=[spec, "MIDD"])
+    midd = [1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]  # lora-block-weight's MIDD
+    want = target([a, b], [1.0, 0.5], [lambda n: factor_17(va, n), lambda n: factor_17(midd, n)])
+    got = merged_deltas(result, tmp_path)
+    assert_close(got, want)
+
+
+def test_peft_and_kohya_sdxl_files_merge_module_by_module(tmp_path):
+    keep = lambda n: ("te2_text_model_encoder_layers_3_" in n or "te1_text_model_encoder_layers_0_self" in n
+                      or "input_blocks_4_1_transformer_blocks_0" in n or "middle_block_1_transformer_blocks_2_attn2" in n
+                      or "output_blocks_5_1_transformer_blocks_1_attn1" in n)
+    tensors = make_tensors("sdxl_lora", rank=4, alpha=2.0, seed=5, keep=keep)
+    kohya = write_lora(tmp_path / "k.safetensors", tensors, "sdxl")
+    from lora_factory import to_peft
+    peft = write_lora(tmp_path / "p.safetensors", to_peft(make_tensors("sdxl_lora", rank=4, alpha=2.0, seed=6, keep=keep),
+                                                          "sdxl"), None)
+    plora = api.load(peft)
+    assert plora.family == "sdxl"
+    assert set(plora.modules) == set(api.load(kohya).modules)
+    result = api.merge([kohya, peft], weights=[1.0, -1.0])
+    got = merged_deltas(result, tmp_path)
+    other = dense_deltas(write_lora(tmp_path / "k6.safetensors", make_tensors("sdxl_lora", rank=4, alpha=2.0, seed=6,
+                                                                              keep=keep), "sdxl"))
+    want = {n: d - other[n] for n, d in dense_deltas(kohya).items()}
+    assert_close(got, want)
+
+
+def test_mixing_families_is_refused(tmp_path):
+    a = make_lora(tmp_path / "a.safetensors", "sd15_lora", keep=lambda n: "layers_0_" in n or "attn2_to_k" in n)
+    x = make_lora(tmp_path / "x.safetensors", "sdxl_lora", keep=lambda n: "layers_0_" in n or "attn2_to_k" in n)
+    with pytest.raises(LoraMergeError, match="cannot merge SD1 and SDXL"):
+        api.merge([a, x])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"weights": [1, 2, 3]}, "3 weights for 2 inputs"),
+    ({"weights": [1, float("nan")]}, "not a finite number"),
+    ({"lbw": ["ALL", "ALL", "ALL"]}, "3 lbw specs for 2 inputs"),
+    ({"lbw": ["1,1,1"]}, "3"),
+    ({"lbw": ["NOPE"]}, "NOPE"),
+    ({"mode": "average"}, "average"),
+    ({"mode": "svd", "rank": 0}, "positive whole number"),
+    ({"mode": "svd", "energy": 1.5}, "energy"),
+    ({"device": "tpu"}, "tpu"),
+])
+def test_bad_merge_options_are_refused(pair, kwargs, message):
+    with pytest.raises(LoraMergeError, match=message):
+        api.merge(list(pair), **kwargs)
+
+
+def test_cuda_request_without_gpu_says_so(pair):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(LoraMergeError, match="no CUDA GPU"):
+        api.merge(list(pair), device="cuda")

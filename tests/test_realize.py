@@ -1,0 +1,124 @@
+"""realize and live Σ: ΔW = f(m)·s·U·diag(v)·D, checked against the raw factors."""
+import pytest
+import torch
+
+from delta_oracle import factor_17, raw_modules
+from lora_factory import make_lora
+from lora_merge_ext import api
+from lora_merge_ext.errors import LoraMergeError
+from lora_merge_ext.live_sigma import apply_lora, set_lora_diag
+
+KEEP = lambda n: "layers_2_self_attn_v" in n or "attn1_to_k" in n or "down_blocks_1_resnets_1_conv1" in n
+
+
+@pytest.fixture
+def joined(tmp_path):
+    a = make_lora(tmp_path / "a.safetensors", "sd15_locon", rank=4, alpha=2.0, seed=1, keep=KEEP)
+    b = make_lora(tmp_path / "b.safetensors", "sd15_locon", rank=2, alpha=None, seed=2, keep=KEEP)
+    saved = api.save(api.merge([a, b]).lora, tmp_path / "j.safetensors")
+    return a, b, saved.path
+
+
+def sigma_delta(raw, v, factor=1.0):
+    """s·U·diag(v)·D from the raw tensors of one module."""
+    down, up = raw["lora_down.weight"], raw["lora_up.weight"]
+    r = down.shape[0]
+    s = float(raw["alpha"]) / r if "alpha" in raw else 1.0
+    v = torch.tensor(v[:r], dtype=torch.float64)
+    return factor * s * torch.einsum("or,r...->o...", up.reshape(up.shape[0], r) * v, down)
+
+
+def realized_deltas(lora, tmp_path, name="r.safetensors"):
+    path = api.save(lora, tmp_path / name).path
+    return {n: sigma_delta(w, [1.0] * w["lora_down.weight"].shape[0]) for n, w in raw_modules(path).items()}
+
+
+@pytest.mark.parametrize("sigma, wa, wb", [("1,0", 1, 0), ("0,1", 0, 1), ("0.5,-1", 0.5, -1), ("2", 2, 2)])
+def test_realize_per_component_equals_weighted_inputs(joined, tmp_path, sigma, wa, wb):
+    a, b, j = joined
+    got = realized_deltas(api.realize(j, sigma), tmp_path)
+    ra, rb = raw_modules(a), raw_modules(b)
+    for n in ra:
+        want = wa * sigma_delta(ra[n], [1] * 4) + wb * sigma_delta(rb[n], [1] * 2)
+        if wa == 0 and wb == 0:
+            assert n not in got
+        else:
+            assert torch.allclose(got[n], want, rtol=1e-5, atol=1e-7), n
+
+
+def test_realize_per_rank_with_lbw_and_multipliers(joined, tmp_path):
+    a, b, j = joined
+    v = [1, 0, -2, 0.5, 3, 0]
+    lbw = "1,0.5,0.25,1,0,1,1,1,1,1,1,1,1,1,1,1,1"
+    got = realized_deltas(api.realize(j, ",".join(map(str, v)), lbw=lbw, te=0.5, unet=2.0), tmp_path)
+    ra, rb = raw_modules(a), raw_modules(b)
+    values = [float(x) for x in lbw.split(",")]
+    for n in ra:
+        mult = 0.5 if n.startswith("lora_te") else 2.0
+        want = mult * factor_17(values, n) * (sigma_delta(ra[n], v[:4]) + sigma_delta(rb[n], v[4:]))
+        if factor_17(values, n) == 0:
+            assert n not in got
+        else:
+            assert torch.allclose(got[n], want, rtol=1e-5, atol=1e-7), n
+    # ranks whose Σ entry is 0 are dropped; the rest keep the module exact
+    assert all(m.rank <= 4 for m in api.realize(j, ",".join(map(str, v))).modules.values())
+
+
+def test_realize_on_a_plain_lora_is_one_component(joined, tmp_path):
+    a, _, _ = joined
+    got = realized_deltas(api.realize(a, "1,0,0,2"), tmp_path)
+    ra = raw_modules(a)
+    for n in ra:
+        assert torch.allclose(got[n], sigma_delta(ra[n], [1, 0, 0, 2]), rtol=1e-5, atol=1e-7)
+
+
+def test_realize_refuses_a_wrong_length(joined):
+    with pytest.raises(LoraMergeError, match="expected 1, 2 .* or 6"):
+        api.realize(joined[2], "1,0,1")
+
+
+class TinyUNet(torch.nn.Module):
+    """Layers named like SD1's UNet (diffusers paths), so kohya names find them."""
+
+    def __init__(self):
+        super().__init__()
+        blocks = torch.nn.Module()
+        self.down_blocks = torch.nn.ModuleList([torch.nn.Module(), torch.nn.Module()])
+        attn = torch.nn.Module()
+        attn.to_k = torch.nn.Linear(320, 320, bias=False)
+        tb = torch.nn.Module()
+        tb.attn1 = attn
+        at = torch.nn.Module()
+        at.transformer_blocks = torch.nn.ModuleList([tb])
+        self.down_blocks[0].attentions = torch.nn.ModuleList([at])
+        res = torch.nn.Module()
+        res.conv1 = torch.nn.Conv2d(640, 640, 3, padding=1)
+        self.down_blocks[1].resnets = torch.nn.ModuleList([torch.nn.Module(), res])
+        del blocks
+
+    def forward(self, x, img):
+        return self.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_k(x), self.down_blocks[1].resnets[1].conv1(img)
+
+
+def test_live_sigma_matches_realize_and_can_change(joined):
+    _, _, j = joined
+    lora = api.load(j)
+    model = TinyUNet()
+    x, img = torch.randn(5, 320), torch.randn(1, 640, 8, 8)
+    plain = model(x, img)
+    apply_lora(model, lora, "1,0")
+    k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
+    c = "lora_unet_down_blocks_1_resnets_1_conv1"
+
+    def expected(sigma):
+        r = api.realize(lora, sigma)
+        dk = r.modules[k].delta() if k in r.modules else torch.zeros(320, 320)
+        dc = r.modules[c].delta() if c in r.modules else torch.zeros(640, 640, 3, 3)
+        return plain[0] + x @ dk.T, plain[1] + torch.nn.functional.conv2d(img, dc, padding=1)
+
+    for sigma in ["1,0", "0,1", "2*6", "1,0,0,0,0,-1", "0"]:
+        set_lora_diag(model, sigma)
+        got, want = model(x, img), expected(sigma)
+        assert torch.allclose(got[0], want[0], atol=1e-4) and torch.allclose(got[1], want[1], atol=1e-4), sigma
+    model._ljl_live_lora.remove()
+    assert torch.equal(model(x, img)[0], plain[0])
