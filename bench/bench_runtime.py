@@ -7,7 +7,10 @@ built-in `lora` handler, then this extension's hook) and the merge of every patc
 (`networks.network_apply_weights`, restore + ΔW).  Each round uses a new weight / a new Σ, so both
 paths re-merge every layer.  The target is ljl/lora ≤ 1.2, and a Σ change must read nothing from disk.
 
-    .venv/bin/python bench/bench_runtime.py [--rounds 5] [--threads 1] [--rank 32]
+    .venv/bin/python bench/bench_runtime.py [--rounds 7] [--threads 1] [--rank 32] [--device cuda] [--dtype fp16]
+
+With --device cuda the model's layers live on the GPU as in the WebUI (the host keeps LoRA factors and
+weight backups on the CPU and merges on the layer's device); --dtype fp16 is the WebUI's usual dtype.
 """
 from __future__ import annotations
 
@@ -37,6 +40,11 @@ def make_files(lora_dir: Path, rank: int) -> Path:
     return Path(api.save(joined, lora_dir / "J.safetensors").path)
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def apply_cost(host, prompt: str) -> float:
     """Seconds to activate the prompt's extra networks and merge them into every layer."""
     from modules import extra_networks
@@ -47,16 +55,20 @@ def apply_cost(host, prompt: str) -> float:
     p.parse_extra_network_prompts()
     layers = [m for m in host.sd_model.network_layer_mapping.values() if hasattr(m, "weight") or
               isinstance(m, torch.nn.MultiheadAttention)]
+    _sync()
     start = time.perf_counter()
     extra_networks.activate(p, p.extra_network_data)
     for layer in layers:
         host.networks.network_apply_weights(layer)
+    _sync()
     return time.perf_counter() - start
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--device", default="cpu", help="where the model's layers live: cpu or cuda")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="model and LoRA module dtype")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rank", type=int, default=32, help="rank of each of the two joined parts")
     args = ap.parse_args(argv)
@@ -72,11 +84,14 @@ def main(argv=None) -> int:
         # lora_in_memory_limit 2: the built-in path keeps J in memory, so its rounds read nothing either
         host = start_host(lora_dir, family="sd1", rows=spec_rows("sd15_lora"), settings={"lora_in_memory_limit": 2})
         try:
-            from modules import sd_models
+            from modules import devices, sd_models
+            devices.dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+            devices.device = torch.device(args.device)
+            host.sd_model.to(device=devices.device, dtype=devices.dtype)
             n_layers = sum(1 for m in host.sd_model.network_layer_mapping.values() if hasattr(m, "network_current_names")
                            or isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
             print(f"model: {len(spec_rows('sd15_lora'))} SD1.5 LoRA target layers ({n_layers} patchable), "
-                  f"torch threads {args.threads}")
+                  f"torch threads {args.threads}, {args.device}, {args.dtype}")
             reads = []
             original = loading.load_lora
             loading.load_lora = lambda path: (reads.append(path), original(path))[1]

@@ -105,12 +105,12 @@ def forget_conds(p) -> None:
             cache[0] = cache[1] = None
 
 
-def _templates(host, sd_model, entry, cached) -> dict:
+def _templates(host, sd_model, entry, cached, layout) -> list:
     """The host modules of a file version on the current model, built once."""
     mapping = getattr(sd_model, "network_layer_mapping", None)
     known = _state.templates.get(cached.identity)
     if known is None or known[0] is not mapping or mapping is None:
-        templates = build_templates(host, sd_model, entry, cached.lora)
+        templates = build_templates(host, sd_model, entry, cached.lora, layout)
         _state.templates[cached.identity] = (getattr(sd_model, "network_layer_mapping", None), templates)
         return templates
     return known[1]
@@ -134,7 +134,7 @@ def _network_for(p, host, sd_model, request, presets_box: list):
     if net is None:
         net = build_network(host, sd_model, entry, request.name, cached.lora, layout, per_rank, weights,
                             request.te, request.unet, key_digest, mtime=cached.identity[1] / 1e9,
-                            templates=_templates(host, sd_model, entry, cached))
+                            templates=_templates(host, sd_model, entry, cached, layout))
         _state.networks[key] = net
     infotext.record(p, request.name, _shorthash(entry, cached))
     return key, cached.identity[0], net

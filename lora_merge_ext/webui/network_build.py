@@ -1,23 +1,23 @@
 """A host ``network.Network`` for one ``<ljl:…>`` tag: the file's modules as the Lora extension's own
 ``NetworkModuleLora`` objects, with Σ, the lbw block factor and the module's alpha/rank scale folded
-into the up factor, so the host applies ΔW = m·(s·U·diag(v)·b)·D with m its own ``te_multiplier`` /
-``unet_multiplier``.
+into one factor, so the host applies ΔW = m·U·diag(s·b·v)·D with m its own ``te_multiplier`` /
+``unet_multiplier`` (the same ΔW as the core's ``realize``).
 
 The host's modules are built once per file version and model (``build_templates``, through the
 host's constructor, which also picks the layer types, dtype and device); a new Σ then only makes a
-shallow copy of each with a new up weight.  The network's ``name`` carries a digest of the file
+shallow copy of each with a new weight for the smaller of its two factors (diag(c) scales the
+columns of U or, the same product, the rows of D).  The network's ``name`` carries a digest of the file
 version, Σ and lbw, so the host's per-layer cache key ``(name, te, unet, dyn)`` changes whenever
 any of them does.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
+from dataclasses import dataclass
 
 import torch
 
-from ..diag_fold import scaled_up
-from ..realize import module_coefficients
+from ..lbw import lbw_factor
 from .layer_match import layer_mapping, match_layer
 
 
@@ -32,13 +32,36 @@ def network_name(mentioned_name: str, key_digest: str) -> str:
     return f"{mentioned_name}@ljl:{key_digest}"
 
 
-def build_templates(host, sd_model, entry, lora) -> dict:
-    """{module name: host NetworkModuleLora of the plain factors (no alpha)} for the model's layers."""
+@dataclass
+class ModuleTemplate:
+    """One file module on one model layer: the host's module of the plain factors, and where the
+    module's ranks sit in a per-rank Σ vector (see JoinLayout.module_vector)."""
+
+    name: str
+    host_module: object           # network_lora.NetworkModuleLora (no alpha: scale folded per Σ)
+    side: str                     # "up" or "down": the smaller factor, which carries diag(c)
+    factor: torch.Tensor          # that factor of the file, float32
+    scale: float                  # alpha / rank, or 1
+    spans: list                   # [(start, stop)] of per-rank entries, in the module's rank order
+    index: torch.Tensor | None    # those positions as an index, None when they are 0..total-1
+
+
+def _spans(layout, module_name: str) -> list[tuple[int, int]]:
+    spans, offset = [], 0
+    for comp, r in zip(layout.components, layout.ranks_of(module_name)):
+        if r:
+            spans.append((offset, offset + r))
+        offset += comp.rank
+    return spans
+
+
+def build_templates(host, sd_model, entry, lora, layout) -> list[ModuleTemplate]:
+    """The host modules of a file's plain factors, for the layers the model has."""
     networks, network, network_lora = host.networks, host.network, host.network_lora
     owner = network.Network(f"{entry.name}@ljl:template", entry)
     mapping = layer_mapping(networks, sd_model)
     is_sd2 = "model_transformer_resblocks" in mapping
-    templates = {}
+    templates = []
     for name, module in lora.modules.items():
         target = match_layer(networks, mapping, name, is_sd2)
         if target is None:
@@ -47,37 +70,55 @@ def build_templates(host, sd_model, entry, lora) -> dict:
         weights = network.NetworkWeights(network_key=f"{name}.lora_down.weight", sd_key=sd_key,
                                          w={"lora_up.weight": module.up, "lora_down.weight": module.down},
                                          sd_module=layer)
-        templates[name] = network_lora.NetworkModuleLora(owner, weights)
+        spans = _spans(layout, name)
+        whole = spans == [(0, layout.total_rank)]
+        index = None if whole else torch.cat([torch.arange(a, b) for a, b in spans])
+        side = "up" if module.up.numel() <= module.down.numel() else "down"
+        factor = (module.up if side == "up" else module.down).to(torch.float32).contiguous()
+        templates.append(ModuleTemplate(name, network_lora.NetworkModuleLora(owner, weights), side, factor,
+                                        module.scale, spans, index))
     return templates
 
 
-def _with_up(template, up: torch.Tensor, net):
-    """A shallow copy of a host module whose up layer has weight `up` and which belongs to `net`."""
-    layer = template.up_model
-    new_layer = copy.copy(layer)
+def _with_factor(template, side: str, weight: torch.Tensor, net):
+    """A shallow copy of a host module whose `side` layer ("up"/"down") has weight `weight` and which
+    belongs to `net`; the other layer is shared with the template (the host only reads it)."""
+    attr = f"{side}_model"
+    layer = getattr(template, attr)
+    new_layer = object.__new__(type(layer))
+    new_layer.__dict__ = layer.__dict__.copy()
     new_layer._parameters = type(layer._parameters)(layer._parameters)
     new_layer._parameters["weight"] = torch.nn.Parameter(
-        up.reshape(layer.weight.shape).to(device=layer.weight.device, dtype=layer.weight.dtype), requires_grad=False)
-    module = copy.copy(template)
+        weight.reshape(layer.weight.shape).to(device=layer.weight.device, dtype=layer.weight.dtype),
+        requires_grad=False)
+    module = object.__new__(type(template))
+    module.__dict__ = template.__dict__.copy()
     module.network = net
-    module.up_model = new_layer
+    setattr(module, attr, new_layer)
     return module
 
 
 def build_network(host, sd_model, entry, mentioned_name: str, lora, layout, per_rank, block_weights,
-                  te: float, unet: float, key_digest: str, mtime: float | None = None, templates: dict | None = None):
+                  te: float, unet: float, key_digest: str, mtime: float | None = None, templates=None):
     """A Network ready to append to ``networks.loaded_networks`` (modules whose factor is all 0 left out)."""
     if templates is None:
-        templates = build_templates(host, sd_model, entry, lora)
+        templates = build_templates(host, sd_model, entry, lora, layout)
     net = host.network.Network(network_name(mentioned_name, key_digest), entry)
     net.mentioned_name = mentioned_name
     net.te_multiplier = te
     net.unet_multiplier = unet
     net.dyn_dim = None
     net.mtime = mtime
-    for name, template in templates.items():
-        module = lora.modules[name]
-        up = scaled_up(module, module_coefficients(module, layout, per_rank, block_weights))
-        if up is not None:
-            net.modules[template.sd_key] = _with_up(template, up, net)
+    values = [float(v) for v in per_rank]
+    sigma = torch.tensor(values, dtype=torch.float32)
+    for t in templates:
+        factor = lbw_factor(block_weights, t.name) * t.scale
+        if factor == 0 or not any(any(values[a:b]) for a, b in t.spans):
+            continue
+        c = (sigma if t.index is None else sigma[t.index]) * factor
+        if t.side == "up":
+            scaled = t.factor * c.reshape((1, -1) + (1,) * (t.factor.dim() - 2))
+        else:
+            scaled = t.factor * c.reshape((-1,) + (1,) * (t.factor.dim() - 1))
+        net.modules[t.host_module.sd_key] = _with_factor(t.host_module, t.side, scaled, net)
     return net
