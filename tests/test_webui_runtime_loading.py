@@ -174,3 +174,28 @@ def test_double_sdxl_text_encoder_two_is_multihead_attention(host_factory, sdxl_
     assert {"1_model_transformer_resblocks_0_attn_q_proj", "1_model_transformer_resblocks_0_attn_out_proj"} <= set(net.modules)
     te2 = outputs(host.txt2img("x <ljl:J:1,0>", seed=1))
     assert_close(te2, outputs(host.txt2img("x <lora:A:1>", seed=1)))
+
+
+def test_a_lora_extension_that_applies_loras_another_way_is_named(host_factory, sd1_loras, monkeypatch):
+    """Forge's `networks` hands LoRAs to a different patcher (no per-layer merge); tags are skipped
+    with that reason instead of failing somewhere inside the host."""
+    import types
+    host = host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+    forge_like = types.ModuleType("networks")
+    forge_like.loaded_networks = []
+    monkeypatch.setitem(sys.modules, "networks", forge_like)
+    res = host.txt2img("x <ljl:J:1>", seed=1)
+    assert "applies LoRA another way (Forge?)" in res.comments
+
+
+def test_missing_builtin_lora_folder_is_named(host_factory, sd1_loras, monkeypatch, tmp_path):
+    host = host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+    from modules import extensions, paths_internal
+    from lora_merge_ext.webui.host_lora import unavailable_reason
+    assert unavailable_reason() is None
+    monkeypatch.setattr(extensions, "extensions", [e for e in extensions.extensions if e.name != "Lora"])
+    monkeypatch.setattr(paths_internal, "extensions_builtin_dir", str(tmp_path))
+    for name in ("networks", "network", "network_lora"):
+        monkeypatch.delitem(sys.modules, name)
+    assert "is not installed" in unavailable_reason()
+    assert "is not installed" in host.txt2img("x <ljl:J:1>", seed=1).comments

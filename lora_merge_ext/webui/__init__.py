@@ -7,6 +7,7 @@
 * ``file_cache`` — LoRA files read once per (path, mtime, size), bounded;
 * ``layer_match`` / ``network_build`` — a host ``Network`` whose modules carry Σ and lbw;
 * ``activation`` — per generation pass: tags → networks appended to ``networks.loaded_networks``;
+* ``runtime_state`` — what is kept between passes (files, host modules, networks, hashes);
 * ``extra_network`` / ``script_hook`` — the host classes, made inside functions;
 * ``notify`` — bad tags reported in the console and the UI; ``infotext`` — "LJL hashes".
 """

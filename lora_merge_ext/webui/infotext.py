@@ -11,6 +11,27 @@ _REMOVE = str.maketrans("", "", ":,")
 _TAG_NAME = re.compile(r"<ljl:([^:>]+)(?=[:>])")
 
 
+def file_shorthash(entry, cached, memo: dict) -> str:
+    """A file version's hash as "Lora hashes" shows it: ``sshs_model_hash``, else the addnet hash
+    (through the host's hash cache).  The host's NetworkOnDisk learns it too, so pasting finds it."""
+    known = memo.get(cached.identity)
+    if known is not None:
+        return known
+    full = cached.lora.metadata.get("sshs_model_hash") or ""
+    if not full:
+        try:
+            from modules import hashes
+            full = hashes.sha256(entry.filename, "lora/" + entry.name,
+                                 use_addnet_hash=getattr(entry, "is_safetensors", True)) or ""
+        except ImportError:
+            from ..safetensors_io import tensor_data_sha256
+            full = tensor_data_sha256(entry.filename)
+    if full and getattr(entry, "hash", None) != full and hasattr(entry, "set_hash"):
+        entry.set_hash(full)
+    memo[cached.identity] = full[:12]
+    return full[:12]
+
+
 def start_pass(p) -> None:
     """Start collecting for this pass (a hires pass adds to the first pass's hashes)."""
     if not getattr(p, "is_hr_pass", False) or not hasattr(p, "ljl_hashes"):

@@ -44,7 +44,7 @@ def _infotext_pasted(infotext, params) -> None:
 
 
 def _unloaded() -> None:
-    from .activation import reset
+    from .runtime_state import reset
     reset()
 
 

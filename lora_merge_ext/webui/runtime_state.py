@@ -1,0 +1,65 @@
+"""What the runtime keeps between generation passes: LoRA files (bounded), the host modules built
+from each file version, the networks of the last two passes, file hashes, and which networks each
+tag text gave last time."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .file_cache import LoraFileCache
+from .network_build import build_templates
+
+MAX_REMEMBERED_PROMPTS = 256
+
+
+class RuntimeState:
+    def __init__(self):
+        self.files = LoraFileCache()
+        self.networks: "OrderedDict[tuple, object]" = OrderedDict()
+        self.previous_keys: set = set()
+        self.shorthashes: dict = {}   # file identity → shorthash
+        self.templates: dict = {}     # file identity → (the model's layer mapping, host modules)
+        self.outcomes: "OrderedDict[tuple, tuple]" = OrderedDict()  # tag items → network names applied
+
+    def templates_for(self, host, sd_model, entry, cached, layout) -> list:
+        """The host modules of a file version on the current model, built once."""
+        mapping = getattr(sd_model, "network_layer_mapping", None)
+        known = self.templates.get(cached.identity)
+        if known is not None and mapping is not None and known[0] is mapping:
+            return known[1]
+        templates = build_templates(host, sd_model, entry, cached.lora, layout)
+        self.templates[cached.identity] = (getattr(sd_model, "network_layer_mapping", None), templates)
+        return templates
+
+    def outcome_changed(self, tags: tuple, names: tuple) -> bool:
+        """Whether the same tag text gave other networks last time (file rewritten, added, fixed)."""
+        changed = self.outcomes.get(tags, names) != names
+        self.outcomes[tags] = names
+        self.outcomes.move_to_end(tags)
+        while len(self.outcomes) > MAX_REMEMBERED_PROMPTS:
+            self.outcomes.popitem(last=False)
+        return changed
+
+    def end_pass(self, file_limit: int, used_paths: list, used_keys: list) -> None:
+        """Trim after a pass: files to the bound (keeping those just used), host modules of files no
+        longer cached, networks to those of this pass and the one before (first / hires pass)."""
+        self.files.trim(file_limit, keep=used_paths)
+        current = self.files.identities()
+        for identity in [i for i in self.templates if i not in current]:
+            del self.templates[identity]
+        keep = set(used_keys) | self.previous_keys
+        for key in [k for k in self.networks if k not in keep]:
+            del self.networks[key]
+        self.previous_keys = set(used_keys)
+
+
+_state = RuntimeState()
+
+
+def current() -> RuntimeState:
+    return _state
+
+
+def reset() -> None:
+    """Forget every cached file and network (script unload, tests)."""
+    global _state
+    _state = RuntimeState()
