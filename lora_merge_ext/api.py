@@ -36,14 +36,15 @@ def load(path: str | os.PathLike) -> LoraFile:
 
 def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: int | None = None,
           conv_rank: int | None = None, energy: float | None = None, device: str = "cpu",
-          progress=None, presets=None) -> MergeResult:
-    """Merge LoRA files (paths or LoraFiles).  See DESIGN.md §3 for what each mode guarantees."""
+          progress=None, presets=None, report: bool | None = None) -> MergeResult:
+    """Merge LoRA files (paths or LoraFiles).  See DESIGN.md §3 for what each mode guarantees.
+    report: measure each module's relative error (default: for add and svd, not for the exact concat)."""
     loras = [x if isinstance(x, LoraFile) else load_lora(x) for x in inputs]
     names = component_names(loras)
     if presets is None and lbw is not None:
         presets = load_presets()
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
-                         energy=energy, device=device, presets=presets, progress=progress)
+                         energy=energy, device=device, presets=presets, progress=progress, report=report)
     ws = weights if weights is not None else [1.0]
     ws = [float(w) for w in (ws * len(loras) if len(ws) == 1 else ws)]
     specs = list(lbw) if lbw is not None else [None]

@@ -72,13 +72,15 @@ def _create_temp(folder: Path) -> tuple[int, Path]:
     raise OSError(errno.EEXIST, "could not create a temporary file", str(folder))
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view[: 1 << 26])
-        if written <= 0:
-            raise OSError(errno.EIO, "write returned no progress")
-        view = view[written:]
+def _write_all(fd: int, data) -> None:
+    """Write a buffer, or a list of buffers one after the other."""
+    for part in (data if isinstance(data, (list, tuple)) else [data]):
+        view = memoryview(part)
+        while view:
+            written = os.write(fd, view[: 1 << 26])
+            if written <= 0:
+                raise OSError(errno.EIO, "write returned no progress")
+            view = view[written:]
 
 
 def _flush_to_disk(fd: int) -> None:
@@ -127,9 +129,9 @@ def _move_into_place(temp: Path, target: Path, overwrite: bool) -> None:
     os.replace(temp, target)
 
 
-def write_bytes_atomic(path: os.PathLike | str, data: bytes | memoryview, *, overwrite: bool = False,
+def write_bytes_atomic(path: os.PathLike | str, data, *, overwrite: bool = False,
                        protect: Iterable = ()) -> Path:
-    """Write data to path atomically after check_target; on any OSError, nothing changes at path,
+    """Write data (a buffer or a list of buffers) to path atomically after check_target; on any OSError, nothing changes at path,
     the temporary file is removed and a LoraMergeError names the path and the reason."""
     target = check_target(path, overwrite=overwrite, protect=protect)
     temp = None

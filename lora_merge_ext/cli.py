@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="cpu", help="cpu or cuda")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     m.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    m.add_argument("--report", action="store_true",
+                   help="also measure the error of a concat (add and svd are always measured)")
 
     r = sub.add_parser("realize", help="bake a Σ vector (and lbw) into a plain LoRA")
     r.add_argument("input")
@@ -74,7 +76,8 @@ def _merge(args) -> int:
     weights = _floats(args.weights, "--weights") if args.weights is not None else None
     lbw = args.lbw.split(";") if args.lbw is not None else None
     result = api.merge(inputs, mode=args.mode, weights=weights, lbw=lbw, rank=args.rank, conv_rank=args.conv_rank,
-                       energy=args.energy, device=args.device, progress=None if args.quiet else _progress)
+                       energy=args.energy, device=args.device, progress=None if args.quiet else _progress,
+                       report=True if args.report else None)
     saved = api.save(result.lora, args.output, dtype=args.dtype, overwrite=args.overwrite, protect=inputs)
     print(f"wrote {saved.path} ({saved.size / 2**20:.1f} MiB, sha256 {saved.sha256[:12]})")
     print(result.report.format())

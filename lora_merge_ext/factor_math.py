@@ -11,16 +11,20 @@ import torch
 Part = tuple[torch.Tensor, torch.Tensor, float]
 
 
-def split_coef(up: torch.Tensor, down: torch.Tensor, coef: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold a scalar into both factors: √|coef| on each side, its sign on up."""
-    root = math.sqrt(abs(coef))
-    return up * (math.copysign(root, coef) if coef else 0.0), down * root
-
-
 def concat_parts(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Join parts rank-wise so that up @ down equals Σ coef·up_k·down_k exactly (scale 1)."""
-    folded = [split_coef(u, d, c) for u, d, c in parts]
-    return torch.cat([u for u, _ in folded], dim=1), torch.cat([d for _, d in folded], dim=0)
+    """Join parts rank-wise so that up @ down equals Σ coef·up_k·down_k exactly (scale 1):
+    √|coef| on each side, the sign on up, written straight into the joined factors."""
+    first_up, first_down = parts[0][0], parts[0][1]
+    total = sum(u.shape[1] for u, _, _ in parts)
+    up = torch.empty(first_up.shape[0], total, dtype=torch.float32, device=first_up.device)
+    down = torch.empty(total, first_down.shape[1], dtype=torch.float32, device=first_down.device)
+    at = 0
+    for u, d, c in parts:
+        r, root = u.shape[1], math.sqrt(abs(c))
+        torch.mul(u, math.copysign(root, c) if c else 0.0, out=up[:, at:at + r])
+        torch.mul(d, root, out=down[at:at + r])
+        at += r
+    return up, down
 
 
 def stacked(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:

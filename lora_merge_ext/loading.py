@@ -1,6 +1,7 @@
 """Read a LoRA file into a LoraFile: group keys into modules, normalise names, validate shapes."""
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -35,12 +36,22 @@ def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, s
         if name in modules:
             raise LoraMergeError(f"{label}: module {name} appears twice (under two key forms)")
         modules[name] = _module(name, roles, label)
-    bad = [n for n, m in modules.items() if not (torch.isfinite(m.up).all() and torch.isfinite(m.down).all()
-                                                 and (m.alpha is None or torch.isfinite(torch.tensor(m.alpha))))]
+    bad = [n for n, m in modules.items() if not (_finite(m.up) and _finite(m.down)
+                                                 and (m.alpha is None or math.isfinite(m.alpha)))]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise LoraMergeError(f"{label}: NaN or Inf values in {', '.join(bad[:3])}{more}")
     return LoraFile(modules=modules, metadata=dict(metadata), family=family, path=where)
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf: one sum pass (NaN and Inf propagate); a full check only if the sum overflowed."""
+    return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
+
+
+def _stored(t: torch.Tensor) -> torch.Tensor:
+    """Keep fp32/fp16/bf16 as stored (memory); anything else becomes float32."""
+    return t if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else t.float()
 
 
 def _group(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[str, torch.Tensor]]:
@@ -80,8 +91,8 @@ def _module(name: str, roles: dict[str, torch.Tensor], label: str) -> LoraModule
     if "down" not in roles or "up" not in roles:
         missing = "down" if "down" not in roles else "up"
         raise LoraMergeError(f"{label}: module {name} has no {missing} weight")
-    down = roles["down"].float()
-    up = roles["up"].float()
+    down = _stored(roles["down"])
+    up = _stored(roles["up"])
     where = f"{label}: module {name}"
     if down.dim() not in (2, 4) or up.dim() not in (2, 4) or down.numel() == 0 or up.numel() == 0:
         raise LoraMergeError(f"{where} has down {tuple(down.shape)} and up {tuple(up.shape)}; expected 2-D or 4-D, non-empty")
@@ -91,7 +102,7 @@ def _module(name: str, roles: dict[str, torch.Tensor], label: str) -> LoraModule
     if int(up.shape[1]) != rank:
         raise LoraMergeError(f"{where}: up {tuple(up.shape)} does not fit down {tuple(down.shape)} (rank {rank})")
     if "mid" in roles:
-        down = _fold_tucker(roles["mid"].float(), down, where)
+        down = _fold_tucker(roles["mid"].float(), down.float(), where)
     if down.dim() == 4 and up.dim() == 2:
         up = up[:, :, None, None]
     elif down.dim() == 2 and up.dim() == 4:

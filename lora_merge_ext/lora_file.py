@@ -10,7 +10,8 @@ import torch
 class LoraModule:
     """One LoRA module in kohya naming; ΔW = scale·up·down.
 
-    down is (r, in) or (r, in, kh, kw); up is (out, r) or (out, r, 1, 1).
+    down is (r, in) or (r, in, kh, kw); up is (out, r) or (out, r, 1, 1), kept in the dtype they were
+    stored in (fp32, fp16 or bf16) to save memory; up2d(), down2d() and delta() compute in float32.
     A Tucker ``lora_mid`` is folded into ``down`` when the file is read, which is exact.
     """
 
@@ -52,12 +53,12 @@ class LoraModule:
         return (self.out_features, self.in_features)
 
     def up2d(self) -> torch.Tensor:
-        """up as an (out, r) matrix."""
-        return self.up.reshape(self.up.shape[0], -1)
+        """up as a float32 (out, r) matrix."""
+        return self.up.reshape(self.up.shape[0], -1).float()
 
     def down2d(self) -> torch.Tensor:
-        """down as an (r, in·kh·kw) matrix (3×3 convolutions flattened)."""
-        return self.down.reshape(self.down.shape[0], -1)
+        """down as a float32 (r, in·kh·kw) matrix (3×3 convolutions flattened)."""
+        return self.down.reshape(self.down.shape[0], -1).float()
 
     def delta(self) -> torch.Tensor:
         """Dense ΔW = scale·up·down in the layer's weight shape (for tests and small layers)."""

@@ -37,10 +37,12 @@ def canonical_mode(mode: str) -> str:
 def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat", weights: list[float] | None = None,
                 lbw: list[str | None] | None = None, rank: int | None = None, conv_rank: int | None = None,
                 energy: float | None = None, device: str = "cpu", presets=None,
-                progress: Progress | None = None) -> MergeResult:
+                progress: Progress | None = None, report: bool | None = None) -> MergeResult:
     """Merge LoraFiles; the result's ΔW follows DESIGN.md §3 for the mode.  Metadata is left to the caller
-    except the join layout."""
+    except the join layout.  report: measure ‖ΔW_out − T‖/‖T‖ per module (default: for add and svd; a
+    concat is exact by construction, so it is only measured when asked)."""
     mode = canonical_mode(mode)
+    measure = mode != "concat" if report is None else report
     n = len(loras)
     if n < 2 and mode != "svd":
         raise LoraMergeError(f"{mode} needs at least two inputs, got {n}")
@@ -52,7 +54,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     order = _module_order(loras, names)
     _check_output_size(mode, order, loras, rank, conv_rank)
 
-    report = MergeReport(mode)
+    result_report = MergeReport(mode, measured=measure)
     modules: dict[str, LoraModule] = {}
     for done, name in enumerate(order):
         present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
@@ -68,10 +70,9 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
             alpha = float(up.shape[1])
         else:
             up, down, alpha = _add(present, weights, factors, name, dev)
-        scale = alpha / up.shape[1]
-        error = relative_error(parts, [(up, down, scale)])
+        error = relative_error(parts, [(up, down, alpha / up.shape[1])]) if measure else None
         modules[name] = _shaped(first, up.cpu(), down.cpu(), alpha)
-        report.rows.append(ReportRow(name, int(up.shape[1]), error))
+        result_report.rows.append(ReportRow(name, int(up.shape[1]), error))
         if progress and (done % 16 == 0 or done == len(order) - 1):
             progress(done + 1, len(order), name)
 
@@ -79,7 +80,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     if mode == "concat":
         layout = JoinLayout.join(names, [{m: mod.rank for m, mod in lora.modules.items()} for lora in loras])
         out.metadata[METADATA_KEY] = layout.to_metadata()
-    return MergeResult(out, report)
+    return MergeResult(out, result_report)
 
 
 def _add(present, weights, factors, name, dev):

@@ -9,16 +9,19 @@ from dataclasses import dataclass, field
 class ReportRow:
     module: str
     rank: int
-    error: float
+    error: float | None  # None when the merge was not measured
 
 
 @dataclass
 class MergeReport:
     mode: str
     rows: list[ReportRow] = field(default_factory=list)
+    measured: bool = True
 
     def summary(self, worst: int = 5) -> dict:
         """Mean and max relative error, and the worst modules."""
+        if not self.measured:
+            return {"mode": self.mode, "modules": len(self.rows), "mean_error": None, "max_error": None, "worst": []}
         errors = [r.error for r in self.rows if math.isfinite(r.error)]
         ranked = sorted(self.rows, key=lambda r: -r.error)[:worst]
         return {
@@ -32,6 +35,8 @@ class MergeReport:
     def format(self, worst: int = 5) -> str:
         """A short human-readable summary."""
         s = self.summary(worst)
+        if not self.measured:
+            return f"{s['modules']} modules, {self.mode}: exact by construction (error not measured; ask for a report)"
         lines = [f"{s['modules']} modules, {self.mode}: relative error mean {s['mean_error']:.3g}, max {s['max_error']:.3g}"]
         if s["max_error"] > 1e-5:
             lines += [f"  {err:.3g}  rank {rank:<4} {module}" for module, rank, err in s["worst"]]

@@ -187,8 +187,18 @@ def _parse_metadata(value: object, path) -> dict[str, str]:
     return dict(value)
 
 
+class _Label:
+    """'tensor NAME' for messages, made safe only when a message is actually built."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __format__(self, spec: str) -> str:
+        return f"tensor {show(self.name)!r}"
+
+
 def _parse_entry(name: str, entry: object, path) -> TensorInfo:
-    label = f"tensor {show(name)!r}"
+    label = _Label(name)
     try:
         _check_text(name, "tensor name")
     except _HeaderProblem as e:

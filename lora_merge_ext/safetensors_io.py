@@ -6,6 +6,7 @@ file; save_safetensors_atomic never leaves a half-written file or a temporary fi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -195,6 +196,17 @@ def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path)
         raise fail(path, f"cannot serialize the tensors: {show(str(e).strip().splitlines()[0], 160)}") from None
 
 
+def _header_with_metadata(blob: bytes, metadata: dict[str, str]) -> bytes:
+    """The 8-byte length and JSON header of a serialized blob, with its __metadata__ replaced; padded
+    with spaces so the data section stays 8-byte aligned, as safetensors writes it."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(bytes(blob[8:8 + n]))
+    header["__metadata__"] = metadata
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
 def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
                             path: os.PathLike | str, *, overwrite: bool = False, protect: Iterable = ()) -> str:
     """Write tensors (as given: cast them first) and metadata to path atomically, adding
@@ -205,13 +217,11 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mappi
     meta = _check_metadata(metadata, path)
     check_target(path, overwrite=overwrite, protect=protect)
     prepared = _prepare_tensors(tensors, path)
-    # kohya hashes a blob holding only the ss_* metadata; the data section does not depend on metadata
+    # kohya hashes a blob holding only the ss_* metadata; the data section does not depend on metadata,
+    # so the file is that data section behind a header that carries all the metadata and the hashes
     hash_blob = _serialize(prepared, {k: v for k, v in meta.items() if k.startswith("ss_")}, path)
-    model_hash = hashlib.sha256(_data_section(hash_blob)).hexdigest()
+    data = _data_section(hash_blob)
+    model_hash = hashlib.sha256(data).hexdigest()
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hash, legacy_hash(hash_blob)
-    del hash_blob
-    blob = _serialize(prepared, meta, path)
-    if hashlib.sha256(_data_section(blob)).hexdigest() != model_hash:
-        raise LoraMergeError(f"{show(path, 400)}: internal error, the tensor data changed between hashing and writing")
-    write_bytes_atomic(path, blob, overwrite=overwrite, protect=protect)
+    write_bytes_atomic(path, [_header_with_metadata(hash_blob, meta), data], overwrite=overwrite, protect=protect)
     return model_hash

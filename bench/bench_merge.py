@@ -1,0 +1,134 @@
+"""Benchmark the merge core on full-size LoRAs generated from the module specs (two inputs each).
+
+Measured in one run, against baselines measured in the same run:
+- svd (factored QR + small SVD) vs a dense baseline that builds every ΔW and calls torch.linalg.svd
+  (full_matrices=True, as sd-scripts' svd_merge_lora does), with the mean relative error of both;
+- concat (merge + save, with the error report) vs the I/O floor: safetensors load of the inputs plus
+  save of the output;
+- peak resident memory of the svd merge in a fresh process vs inputs + output + 1 GiB.
+
+    .venv/bin/python bench/bench_merge.py [--quick] [--dense-all] [--device cuda]
+
+--quick runs only SD1.5 rank 32 (the dense baseline takes minutes on two cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from lora_factory import make_lora  # noqa: E402
+from lora_merge_ext import api  # noqa: E402
+
+CONFIGS = [("SD1.5", "sd15_lora", 32), ("SD1.5", "sd15_lora", 128), ("SDXL", "sdxl_lora", 32), ("SDXL", "sdxl_lora", 64)]
+GiB = 2 ** 30
+
+
+def dense_svd_baseline(paths: list[Path], weights: list[float], rank: int) -> tuple[float, float]:
+    """Build every ΔW densely, SVD it with full matrices, truncate; returns (seconds, mean relative error)."""
+    start = time.perf_counter()
+    sds = [load_file(str(p)) for p in paths]
+    names = sorted({k.split(".")[0] for sd in sds for k in sd})
+    errors = []
+    for name in names:
+        delta = None
+        for sd, w in zip(sds, weights):
+            if f"{name}.lora_down.weight" not in sd:
+                continue
+            down = sd[f"{name}.lora_down.weight"].float()
+            up = sd[f"{name}.lora_up.weight"].float()
+            r = down.shape[0]
+            alpha = float(sd[f"{name}.alpha"]) if f"{name}.alpha" in sd else r
+            d = w * (alpha / r) * (up.reshape(up.shape[0], r) @ down.reshape(r, -1))
+            delta = d if delta is None else delta + d
+        u, s, vh = torch.linalg.svd(delta)  # full_matrices=True, as the dense tools do
+        approx = (u[:, :rank] * s[:rank]) @ vh[:rank]
+        errors.append(float((approx - delta).norm() / delta.norm()))
+    return time.perf_counter() - start, sum(errors) / len(errors)
+
+
+def io_floor(paths: list[Path], output: Path) -> float:
+    """safetensors load of the inputs plus save of the output (the tensors of a finished concat)."""
+    result = load_file(str(output))
+    start = time.perf_counter()
+    for p in paths:
+        load_file(str(p))
+    save_file(result, str(output.with_suffix(".floor.safetensors")))
+    return time.perf_counter() - start
+
+
+def timed_merge(paths, out: Path, mode: str, rank: int | None, device: str) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = api.merge(paths, mode=mode, weights=[1.0, -0.5], rank=rank, device=device)
+    api.save(result.lora, out, dtype="fp16", overwrite=True)
+    return time.perf_counter() - start, result
+
+
+def peak_rss_of_svd(paths: list[Path], out: Path, rank: int, device: str) -> int:
+    code = ("import resource, sys; from lora_merge_ext import api; "
+            f"r = api.merge({[str(p) for p in paths]!r}, mode='svd', rank={rank}, device={device!r}); "
+            f"api.save(r.lora, {str(out)!r}, dtype='fp16', overwrite=True); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return int(done.stdout.strip().splitlines()[-1]) * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dense-all", action="store_true", help="run the dense baseline on every config")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    configs = CONFIGS[:1] if args.quick else CONFIGS
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for family, spec, rank in configs:
+            paths = [make_lora(tmp / f"{spec}_{rank}_{k}.safetensors", spec, rank=rank, alpha=rank / 2, seed=k,
+                               dtype=torch.float16) for k in (1, 2)]
+            in_size = sum(p.stat().st_size for p in paths)
+            row = {"config": f"{family} r{rank}", "inputs_MiB": in_size / 2 ** 20}
+            t_concat, _ = timed_merge(paths, tmp / "concat.safetensors", "concat", None, args.device)
+            t_floor = io_floor(paths, tmp / "concat.safetensors")
+            row.update(concat_s=t_concat, io_floor_s=t_floor, concat_vs_io=t_concat / t_floor)
+            t_svd, result = timed_merge(paths, tmp / "svd.safetensors", "svd", rank, args.device)
+            row.update(svd_s=t_svd, svd_error=result.report.summary()["mean_error"])
+            if args.dense_all or (family, rank) == ("SD1.5", 32):
+                t_dense, dense_err = dense_svd_baseline(paths, [1.0, -0.5], rank)
+                row.update(dense_s=t_dense, dense_error=dense_err, speedup=t_dense / t_svd)
+            peak = peak_rss_of_svd(paths, tmp / "svd_mem.safetensors", rank, args.device)
+            out_size = (tmp / "svd_mem.safetensors").stat().st_size
+            row.update(peak_GiB=peak / GiB, budget_GiB=(in_size + out_size + GiB) / GiB)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ("config", "inputs", "concat", "I/O floor", "concat/IO", "svd", "dense svd", "speedup",
+            "err svd", "err dense", "peak RSS", "budget")
+    print(" | ".join(head))
+    print(" | ".join("---" for _ in head))
+    for r in rows:
+        cells = [r["config"], f"{r['inputs_MiB']:.0f} MiB", f"{r['concat_s']:.2f} s", f"{r['io_floor_s']:.2f} s",
+                 f"{r['concat_vs_io']:.2f}×", f"{r['svd_s']:.2f} s",
+                 f"{r['dense_s']:.1f} s" if "dense_s" in r else "—",
+                 f"{r['speedup']:.0f}×" if "speedup" in r else "—",
+                 f"{r['svd_error']:.4f}", f"{r['dense_error']:.4f}" if "dense_error" in r else "—",
+                 f"{r['peak_GiB']:.2f} GiB", f"{r['budget_GiB']:.2f} GiB"]
+        print(" | ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
