@@ -1,5 +1,5 @@
 """A test double of the AUTOMATIC1111 WebUI (v1.9/v1.10), written from
-/work/shared/reference/A1111_HOST_API.md, for driving this extension without the real WebUI.
+the host facts (reference A1111_HOST_API.md), for driving this extension without the real WebUI.
 
 This folder plays the WebUI root.  It holds
 

@@ -1,5 +1,5 @@
 """Test double of the WebUI's ``scripts/xyz_grid.py`` (the X/Y/Z plot), written from
-/work/shared/reference/A1111_HOST_API.md §5 — the parts an extension's axes meet:
+the host facts (reference A1111_HOST_API.md) §5 — the parts an extension's axes meet:
 
 * ``AxisOption(label, type, apply, format_value=format_value_add_label, confirm=None, cost=0.0,
   choices=None, prepare=None)`` and the ``AxisOptionImg2Img`` / ``AxisOptionTxt2Img`` variants,
