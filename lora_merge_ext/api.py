@@ -11,7 +11,7 @@ from .layout import layout_of
 from .lbw import parse_lbw
 from .loading import load_lora
 from .lora_file import LoraFile
-from .merge import MergeResult, canonical_mode, merge_loras
+from .merge import MergeResult, canonical_mode, input_lbw_specs, input_weights, merge_loras
 from .output_metadata import output_metadata
 from .presets import load_presets
 from .realize import realize_lora
@@ -45,14 +45,11 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
         presets = load_presets()
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
                          energy=energy, device=device, presets=presets, progress=progress, report=report)
-    ws = weights if weights is not None else [1.0]
-    ws = [float(w) for w in (ws * len(loras) if len(ws) == 1 else ws)]
-    specs = list(lbw) if lbw is not None else [None]
-    specs = specs * len(loras) if len(specs) == 1 else specs
+    ws, specs = input_weights(weights, len(loras)), input_lbw_specs(lbw, len(loras))
     provenance = {
         "mode": canonical_mode(mode),
         "inputs": [{"name": n, "file": os.path.basename(l.path) if l.path else None,
-                    "sha256": a1111_hash(l.path) if l.path else None, "weight": w, "lbw": s or None}
+                    "sha256": a1111_hash(l.path) if l.path else None, "weight": w, "lbw": s}
                    for n, l, w, s in zip(names, loras, ws, specs)],
     }
     if provenance["mode"] == "svd":

@@ -8,6 +8,7 @@ slice is unused.  A plain LoRA is one component.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from .errors import LoraMergeError
@@ -99,8 +100,5 @@ def layout_of(lora) -> JoinLayout:
         layout = JoinLayout.from_metadata(text, where)
         layout.check(ranks, where)
         return layout
-    stem = "lora"
-    if lora.path:
-        import os
-        stem = os.path.splitext(os.path.basename(lora.path))[0]
+    stem = os.path.splitext(os.path.basename(lora.path))[0] if lora.path else "lora"
     return JoinLayout.single(stem, ranks)

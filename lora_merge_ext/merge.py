@@ -46,7 +46,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     n = len(loras)
     if n < 2 and mode != "svd":
         raise LoraMergeError(f"{mode} needs at least two inputs, got {n}")
-    weights = _weights(weights, n)
+    weights = input_weights(weights, n)
     family = _common_family(loras, names)
     factors = _block_weights(lbw, n, family, presets)
     rank, conv_rank = _ranks(mode, rank, conv_rank, energy, loras)
@@ -69,7 +69,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
             up, down = svd_parts(parts, target, energy)
             alpha = float(up.shape[1])
         else:
-            up, down, alpha = _add(present, weights, factors, name, dev)
+            up, down, alpha = _add(present, parts, weights, factors, name)
         error = relative_error(parts, [(up, down, alpha / up.shape[1])]) if measure else None
         modules[name] = _shaped(first, up.cpu(), down.cpu(), alpha)
         result_report.rows.append(ReportRow(name, int(up.shape[1]), error))
@@ -83,14 +83,15 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     return MergeResult(out, result_report)
 
 
-def _add(present, weights, factors, name, dev):
+def _add(present, parts, weights, factors, name):
+    """The classic sum on the factors already prepared for the report (their coefficients hold the scale)."""
     ranks = {m.rank for _, m in present}
     if len(ranks) > 1:
         raise LoraMergeError(f"add mode needs equal ranks; module {name} has ranks {sorted(ranks)} (use concat or svd)")
-    parts = [(m.up2d().to(dev), m.down2d().to(dev), weights[k] * lbw_factor(factors[k], name),
-              m.alpha if m.alpha is not None else float(m.rank)) for k, m in present]
-    up, down = add_parts(parts)
-    return up, down, parts[0][3]
+    summed = [(u, d, weights[k] * lbw_factor(factors[k], name), m.alpha if m.alpha is not None else float(m.rank))
+              for (k, m), (u, d, _) in zip(present, parts)]
+    up, down = add_parts(summed)
+    return up, down, summed[0][3]
 
 
 def _shaped(like: LoraModule, up: torch.Tensor, down: torch.Tensor, alpha: float) -> LoraModule:
@@ -101,7 +102,8 @@ def _shaped(like: LoraModule, up: torch.Tensor, down: torch.Tensor, alpha: float
     return LoraModule(like.name, down.contiguous(), up.contiguous(), alpha)
 
 
-def _weights(weights, n: int) -> list[float]:
+def input_weights(weights, n: int) -> list[float]:
+    """One finite weight per input (default 1; a single weight applies to all)."""
     if weights is None:
         return [1.0] * n
     weights = [float(w) for w in weights]
@@ -124,7 +126,8 @@ def _common_family(loras: list[LoraFile], names: list[str]) -> str:
     return family
 
 
-def _block_weights(lbw, n: int, family: str, presets) -> list[dict | None]:
+def input_lbw_specs(lbw, n: int) -> list[str | None]:
+    """One lbw spec per input (None: none; a single spec applies to all; empty means none)."""
     if lbw is None:
         return [None] * n
     specs = list(lbw)
@@ -132,7 +135,11 @@ def _block_weights(lbw, n: int, family: str, presets) -> list[dict | None]:
         specs = specs * n
     if len(specs) != n:
         raise LoraMergeError(f"got {len(specs)} lbw specs for {n} inputs; give one for all or one per input")
-    return [parse_lbw(s, family, presets) if s and s.strip() else None for s in specs]
+    return [s if s and s.strip() else None for s in specs]
+
+
+def _block_weights(lbw, n: int, family: str, presets) -> list[dict | None]:
+    return [parse_lbw(s, family, presets) if s else None for s in input_lbw_specs(lbw, n)]
 
 
 def _ranks(mode, rank, conv_rank, energy, loras):
