@@ -77,10 +77,13 @@ class JoinLayout:
             data = json.loads(text)
             comps = [Component(str(c["name"]), int(c["rank"])) for c in data["components"]]
             ranks = {str(m): [int(x) for x in r] for m, r in data.get("module_ranks", {}).items()}
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LoraMergeError(f"{where}: metadata '{METADATA_KEY}' is not a valid join layout ({exc})") from None
-        if not comps or any(c.rank < 0 for c in comps) or any(len(r) != len(comps) or min(r) < 0 for r in ranks.values()):
-            raise LoraMergeError(f"{where}: metadata '{METADATA_KEY}' has inconsistent component ranks")
+        tops = [c.rank for c in comps]
+        if not comps or min(tops) < 0 or any(
+                len(r) != len(comps) or any(not 0 <= x <= top for x, top in zip(r, tops)) for r in ranks.values()):
+            raise LoraMergeError(f"{where}: metadata '{METADATA_KEY}' has inconsistent component ranks "
+                                 "(a module's rank of a component must lie between 0 and the component's rank)")
         return cls(comps, ranks)
 
     def check(self, module_ranks: dict[str, int], where: str = "file") -> None:
