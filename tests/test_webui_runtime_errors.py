@@ -93,3 +93,17 @@ def test_a_failing_tag_does_not_stop_the_others(sd1, monkeypatch, capsys):
     res = sd1.txt2img("x <ljl:K:1> <ljl:J:0,1>", seed=1)
     assert "RuntimeError: simulated host failure" in res.comments
     assert_close(outputs(res), outputs(sd1.txt2img("x <lora:B:1>", seed=1)))
+
+
+def test_a_failing_lora_handler_beside_an_ljl_tag(sd1):
+    """`<lora:C:1:MIDD>` (the legacy lbw form) makes the built-in handler raise; the host then
+    activates it again with [] (A1111_HOST_API.md §3.3), which clears `loaded_networks`, so the
+    <ljl> networks of one pass never stack up in the next one."""
+    res = sd1.txt2img("x <lora:C:1:MIDD> <ljl:J:0,1>", seed=3, n_iter=3)
+    names = [net.name for net in sd1.networks.loaded_networks]
+    assert len(names) == 1 and names[0].startswith("J@ljl:")
+    ref = sd1.txt2img("x <lora:B:1>", seed=3, n_iter=3)
+    for i in range(3):
+        assert_close(outputs(res, i), outputs(ref, i))
+    plain = outputs(sd1.txt2img("x", seed=3))
+    assert_identical(outputs(sd1.txt2img("x <lora:C:1:MIDD>", seed=3)), plain)

@@ -55,10 +55,14 @@ def test_imports_the_lora_modules_from_the_builtin_folder_when_not_yet_imported(
     for name in ("networks", "network", "network_lora"):
         monkeypatch.delitem(sys.modules, name)
     path_before = list(sys.path)
-    from lora_merge_ext.webui.host_lora import lora_modules
-    mods = lora_modules()
-    assert os.path.dirname(mods.networks.__file__) == LORA_EXTENSION_DIR
+    from lora_merge_ext.webui.host_lora import LoraUnavailable, lora_modules
+    with pytest.raises(LoraUnavailable, match="has not started"):
+        lora_modules()                  # imported, but unpatched: lora_script.py never ran on this copy
+    assert os.path.dirname(sys.modules["networks"].__file__) == LORA_EXTENSION_DIR
     assert sys.path == path_before
+    from types import SimpleNamespace
+    sys.modules["networks"].originals = SimpleNamespace(Linear_forward=lambda *a: None)  # as lora_script sets it
+    assert lora_modules().networks is sys.modules["networks"]
 
 
 def test_optional_parts_missing_do_not_stop_loading(tmp_path, monkeypatch):
@@ -199,3 +203,23 @@ def test_missing_builtin_lora_folder_is_named(host_factory, sd1_loras, monkeypat
         monkeypatch.delitem(sys.modules, name)
     assert "is not installed" in unavailable_reason()
     assert "is not installed" in host.txt2img("x <ljl:J:1>", seed=1).comments
+
+
+def test_old_forge_networks_with_a1111_names_as_stubs_is_named(host_factory, sd1_loras, monkeypatch):
+    """Old Forge and reForge keep A1111's function names in `networks` as no-op stubs and an empty
+    `LoraPatches` class (A1111_HOST_API.md §9.2, §9.3), so `network_apply_weights` being there does not
+    mean layers are patched; only A1111's `networks.originals` holds the saved torch forwards (§2.5)."""
+    import types
+    host = host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+    stub = types.ModuleType("networks")
+    stub.loaded_networks = []
+    stub.network_apply_weights = lambda layer: None
+    stub.assign_network_names_to_compvis_modules = lambda sd_model: None
+    stub.convert_diffusers_name_to_compvis = lambda key, is_sd2: key
+    stub.originals = type("LoraPatches", (), {})()
+    for name in ("available_networks", "available_network_aliases", "forbidden_network_aliases"):
+        setattr(stub, name, getattr(host.networks, name))
+    monkeypatch.setitem(sys.modules, "networks", stub)
+    res = host.txt2img("x <ljl:J:1>", seed=1)
+    assert "applies LoRA another way (Forge?)" in res.comments
+    assert stub.loaded_networks == []

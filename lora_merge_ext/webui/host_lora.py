@@ -3,7 +3,9 @@
 The extension's files are imported by their top-level names (``networks``, ``network``,
 ``network_lora``): the host imported them that way while running its ``lora_script.py``, and a
 package-qualified import would make a second copy with its own ``loaded_networks``.  If they are
-not imported yet and the extension is enabled, its folder is put on ``sys.path`` for the import only.
+not imported yet and the extension is enabled, its folder is put on ``sys.path`` for the import only
+(the modules are then unpatched — the extension's ``lora_script.py`` never ran — and tags are
+refused with that reason rather than appended to a list no layer reads).
 """
 from __future__ import annotations
 
@@ -64,6 +66,29 @@ def _import_from_builtin_folder():
             pass
 
 
+OTHER_WAY = ("this WebUI's Lora extension applies LoRA another way (Forge?); "
+             "<ljl> tags need the AUTOMATIC1111 1.9/1.10 Lora extension")
+
+
+def _not_patching(networks, network, network_lora) -> str | None:
+    """Why these modules would not merge ``loaded_networks`` into the model's layers, else None.
+
+    Old Forge and reForge keep A1111's names (``network_apply_weights`` …) as no-op stubs and an
+    empty ``LoraPatches`` class; on A1111 ``networks.originals`` holds the saved torch forwards, set
+    when the extension's ``lora_script.py`` patches the layer classes (A1111_HOST_API.md §2.5, §9.2).
+    """
+    if not (hasattr(networks, "loaded_networks") and callable(getattr(networks, "network_apply_weights", None))
+            and hasattr(network, "Network") and hasattr(network_lora, "NetworkModuleLora")):
+        return OTHER_WAY
+    originals = getattr(networks, "originals", None)
+    if originals is None:
+        return ("the built-in Lora extension has not started (its scripts/lora_script.py did not run), "
+                "so no model layer would take the weights")
+    if not callable(getattr(originals, "Linear_forward", None)):
+        return OTHER_WAY
+    return None
+
+
 def lora_modules() -> SimpleNamespace:
     """SimpleNamespace(networks, network, network_lora), or LoraUnavailable saying why not."""
     reason = unavailable_reason()
@@ -75,10 +100,9 @@ def lora_modules() -> SimpleNamespace:
         except ImportError as exc:
             raise LoraUnavailable(f"the built-in Lora extension could not be imported ({exc})") from None
     networks, network, network_lora = (sys.modules[n] for n in ("networks", "network", "network_lora"))
-    if not (hasattr(networks, "loaded_networks") and hasattr(networks, "network_apply_weights")
-            and hasattr(network, "Network") and hasattr(network_lora, "NetworkModuleLora")):
-        raise LoraUnavailable("this WebUI's Lora extension applies LoRA another way (Forge?); "
-                              "<ljl> tags need the AUTOMATIC1111 1.9/1.10 Lora extension")
+    reason = _not_patching(networks, network, network_lora)
+    if reason:
+        raise LoraUnavailable(reason)
     return SimpleNamespace(networks=networks, network=network, network_lora=network_lora)
 
 
