@@ -15,7 +15,7 @@ from .lbw import parse_lbw
 from .lora_file import LoraFile
 from .presets import load_presets
 from .realize import module_coefficients
-from .sigma import parse_sigma
+from .sigma import parse_sigma, show
 
 PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_", "")
 HANDLE_ATTRIBUTE = "_ljl_live_lora"
@@ -39,13 +39,14 @@ class LiveLora:
         self.set_sigma("1")
 
     def set_sigma(self, sigma) -> None:
-        """Σ as text (DESIGN §4 syntax) or a per-rank list/tensor."""
-        if isinstance(sigma, str):
-            per_rank = parse_sigma(sigma, self.layout)
-        else:
-            per_rank = [float(v) for v in torch.as_tensor(sigma).flatten()]
-            if len(per_rank) != self.layout.total_rank:
-                raise LoraMergeError(f"Σ has {len(per_rank)} values; expected {self.layout.total_rank} (one per rank)")
+        """Σ as text (DESIGN §4 syntax), a number, or a list/tensor read like the same numbers written
+        as text (one value: uniform; one per component; one per rank)."""
+        if not isinstance(sigma, (str, int, float, list, tuple)):  # a tensor or an array
+            try:
+                sigma = [float(v) for v in torch.as_tensor(sigma).detach().flatten()]
+            except (TypeError, ValueError, RuntimeError):
+                raise LoraMergeError(f"Σ vector {show(repr(sigma))} is not a list of numbers") from None
+        per_rank = parse_sigma(sigma, self.layout)
         for name in self.layers:
             module = self.lora.modules[name]
             self.coefficients[name] = module_coefficients(module, self.layout, per_rank, self.block_weights,

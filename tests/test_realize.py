@@ -122,3 +122,29 @@ def test_live_sigma_matches_realize_and_can_change(joined):
         assert torch.allclose(got[0], want[0], atol=1e-4) and torch.allclose(got[1], want[1], atol=1e-4), sigma
     model._ljl_live_lora.remove()
     assert torch.equal(model(x, img)[0], plain[0])
+
+
+def test_live_sigma_reads_numbers_lists_and_tensors_like_the_text_forms(joined):
+    """One Σ parser (DESIGN §4) for every form: a number is uniform, a list as long as the components
+    is per component, nan/inf are refused with a one-line error instead of poisoning the model."""
+    _, _, j = joined
+    lora = api.load(j)
+    model = TinyUNet()
+    x, img = torch.randn(5, 320), torch.randn(1, 640, 8, 8)
+    live = apply_lora(model, lora, 0.5)
+    want = model(x, img)
+    import numpy as np
+    for same in ("0.5", [0.5], torch.tensor(0.5), "0.5,0.5", [0.5] * 6, np.full(6, 0.5)):
+        set_lora_diag(live, same)
+        got = model(x, img)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), same
+    set_lora_diag(model, torch.tensor([1.0, 0.0]))
+    per_component = model(x, img)
+    set_lora_diag(model, "1,0")
+    assert torch.equal(model(x, img)[0], per_component[0])
+    for bad in (float("nan"), [1.0, float("inf")], torch.tensor([float("nan")] * 6), object()):
+        with pytest.raises(LoraMergeError, match="Σ"):
+            set_lora_diag(model, bad)
+    with pytest.raises(LoraMergeError, match="expected 1, 2 .* or 6"):
+        set_lora_diag(model, [1.0, 0.0, 1.0])
+    live.remove()
