@@ -24,8 +24,9 @@ HANDLE_ATTRIBUTE = "_ljl_live_lora"
 class LiveLora:
     """Hooks holding one LoRA on a model; set_sigma() changes Σ, remove() takes the LoRA off."""
 
-    def __init__(self, model: torch.nn.Module, lora: LoraFile, *, lbw: str | None = None,
+    def __init__(self, model: torch.nn.Module, lora: LoraFile, *, sigma="1", lbw: str | None = None,
                  te: float = 1.0, unet: float = 1.0, strict: bool = False):
+        """Every input is checked before a hook is put on the model, so bad input changes nothing."""
         self.lora, self.layout = lora, layout_of(lora)
         self.block_weights = parse_lbw(lbw, lora.family, load_presets()) if lbw else None
         self.te, self.unet = te, unet
@@ -35,8 +36,8 @@ class LiveLora:
             raise LoraMergeError(f"{len(missing)} LoRA modules have no layer in the model, e.g. {missing[0]}")
         self.unmatched = missing
         self.coefficients: dict[str, torch.Tensor] = {}
+        self.set_sigma(sigma)
         self._hooks = [layer.register_forward_hook(self._hook(name)) for name, layer in self.layers.items()]
-        self.set_sigma("1")
 
     def set_sigma(self, sigma) -> None:
         """Σ as text (DESIGN §4 syntax), a number, or a list/tensor read like the same numbers written
@@ -85,12 +86,12 @@ def _match_layers(model: torch.nn.Module, lora: LoraFile) -> dict[str, torch.nn.
 
 
 def apply_lora(model: torch.nn.Module, lora: LoraFile, sigma="1", **options) -> LiveLora:
-    """Put a LoRA on a model with Σ (default all ones); returns the handle (also stored on the model)."""
+    """Put a LoRA on a model with Σ (default all ones), in place of one applied before; returns the
+    handle (also stored on the model).  On bad input the model keeps what it had."""
+    live = LiveLora(model, lora, sigma=sigma, **options)
     old = getattr(model, HANDLE_ATTRIBUTE, None)
     if old is not None:
         old.remove()
-    live = LiveLora(model, lora, **options)
-    live.set_sigma(sigma)
     setattr(model, HANDLE_ATTRIBUTE, live)
     return live
 

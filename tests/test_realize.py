@@ -148,3 +148,25 @@ def test_live_sigma_reads_numbers_lists_and_tensors_like_the_text_forms(joined):
     with pytest.raises(LoraMergeError, match="expected 1, 2 .* or 6"):
         set_lora_diag(model, [1.0, 0.0, 1.0])
     live.remove()
+
+
+def test_a_bad_sigma_in_apply_lora_leaves_the_model_as_it_was(joined):
+    _, _, j = joined
+    lora = api.load(j)
+    model = TinyUNet()
+    x, img = torch.randn(5, 320), torch.randn(1, 640, 8, 8)
+    plain = model(x, img)
+    with pytest.raises(LoraMergeError, match="has 3 values"):
+        apply_lora(model, lora, "1,2,3")
+    assert torch.equal(model(x, img)[0], plain[0])          # no LoRA half-applied at Σ=1
+    with pytest.raises(LoraMergeError, match="no LoRA was applied"):
+        set_lora_diag(model, "1")
+    apply_lora(model, lora, "1,0")
+    before = model(x, img)
+    with pytest.raises(LoraMergeError, match="unknown lbw preset"):
+        apply_lora(model, lora, "0,1", lbw="NO_SUCH_PRESET")
+    with pytest.raises(LoraMergeError):
+        apply_lora(model, lora, "0,1,2")
+    assert torch.equal(model(x, img)[0], before[0])         # the LoRA applied before stays as it was
+    model._ljl_live_lora.remove()
+    assert torch.equal(model(x, img)[0], plain[0])
