@@ -18,7 +18,7 @@ function ljlMergeSendTag(tabname, tag) {
     if (name) {
         var pattern = new RegExp("<ljl:" + ljlMergeEscapeRegExp(name) + "(:[^>]*)?>");
         if (pattern.test(text)) {
-            text = text.replace(pattern, tag);
+            text = text.replace(pattern, function() { return tag; });  // no `$&`-style patterns in tag
             replaced = true;
         }
     }
