@@ -15,7 +15,7 @@ from .merge import MergeResult, canonical_mode, input_lbw_specs, input_weights, 
 from .output_metadata import output_metadata
 from .presets import load_presets
 from .realize import realize_lora
-from .safetensors_io import a1111_hash, save_safetensors_atomic
+from .safetensors_write import save_safetensors_atomic
 from .sigma import parse_sigma
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
@@ -36,20 +36,24 @@ def load(path: str | os.PathLike) -> LoraFile:
 
 def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: int | None = None,
           conv_rank: int | None = None, energy: float | None = None, device: str = "cpu",
-          progress=None, presets=None, report: bool | None = None) -> MergeResult:
+          progress=None, presets=None, report: bool | None = None, dtype: str = "fp32") -> MergeResult:
     """Merge LoRA files (paths or LoraFiles).  See DESIGN.md §3 for what each mode guarantees.
-    report: measure each module's relative error (default: for add and svd, not for the exact concat)."""
+    report: measure each module's relative error (default: for add and svd, not for the exact concat).
+    dtype: fp32, fp16 or bf16, what the result will be saved as; the merge computes in float32 and
+    keeps each output module in dtype (less memory, and the report measures what is saved)."""
+    target = torch_dtype(dtype)
     loras = [x if isinstance(x, LoraFile) else load_lora(x) for x in inputs]
     names = component_names(loras)
     if presets is None and lbw is not None:
         presets = load_presets()
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
-                         energy=energy, device=device, presets=presets, progress=progress, report=report)
+                         energy=energy, device=device, presets=presets, progress=progress, report=report,
+                         dtype=target)
     ws, specs = input_weights(weights, len(loras)), input_lbw_specs(lbw, len(loras))
     provenance = {
         "mode": canonical_mode(mode),
         "inputs": [{"name": n, "file": os.path.basename(l.path) if l.path else None,
-                    "sha256": a1111_hash(l.path) if l.path else None, "weight": w, "lbw": s}
+                    "sha256": l.file_hash(), "weight": w, "lbw": s}
                    for n, l, w, s in zip(names, loras, ws, specs)],
     }
     if provenance["mode"] == "svd":
@@ -69,7 +73,7 @@ def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float
     weights = parse_lbw(lbw, lora.family, presets if presets is not None else load_presets()) if lbw else None
     out = realize_lora(lora, layout, per_rank, weights, te, unet)
     source = {"file": os.path.basename(lora.path) if lora.path else None,
-              "sha256": a1111_hash(lora.path) if lora.path else None}
+              "sha256": lora.file_hash()}
     out.metadata = output_metadata(out, [lora], {"mode": "realize", "inputs": [source],
                                                  "sigma": sigma if isinstance(sigma, str) else per_rank,
                                                  "lbw": lbw, "te": te, "unet": unet})
@@ -80,15 +84,20 @@ def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float
 def save(lora: LoraFile, path: str | os.PathLike, *, dtype: str = "fp32", overwrite: bool = False,
          protect=()) -> SavedFile:
     """Write kohya-format safetensors atomically; never over an input, nor an existing file unless overwrite."""
-    try:
-        target = DTYPES[dtype.lower()]
-    except (KeyError, AttributeError):
-        raise LoraMergeError(f"dtype {dtype!r} is not fp32, fp16 or bf16") from None
+    target = torch_dtype(dtype)
     path = os.fspath(path)
     tensors = state_dict(lora, target)
     digest = save_safetensors_atomic(tensors, dict(lora.metadata), path, overwrite=overwrite,
                                      protect=[*lora.sources, *([lora.path] if lora.path else []), *protect])
     return SavedFile(path, digest, os.path.getsize(path))
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """fp32/fp16/bf16 (or float32/float16/bfloat16) as a torch dtype."""
+    try:
+        return DTYPES[name.lower()]
+    except (KeyError, AttributeError):
+        raise LoraMergeError(f"dtype {name!r} is not fp32, fp16 or bf16") from None
 
 
 def state_dict(lora: LoraFile, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

@@ -1,8 +1,10 @@
-"""Write a file atomically: a temporary file in the same folder, then os.replace.
+"""Write a file atomically: a temporary file in the same folder, then a rename.
 
 Either the new file is complete at `path`, or `path` is exactly as it was and no temporary file is
 left behind. Refuses (before writing anything) a target that is one of the protected paths (inputs),
 an existing file unless overwrite, a missing folder, a folder as target, and a name too long.
+When an existing file is replaced, the new data is flushed to disk (fsync) before the rename, so a
+power cut cannot lose both versions; a new file is not flushed (nothing existing is at stake).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import errno
 import os
 import secrets
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import LoraMergeError
 from .safetensors_header import show
@@ -72,7 +74,7 @@ def _create_temp(folder: Path) -> tuple[int, Path]:
     raise OSError(errno.EEXIST, "could not create a temporary file", str(folder))
 
 
-def _write_all(fd: int, data) -> None:
+def write_all(fd: int, data) -> None:
     """Write a buffer, or a list of buffers one after the other."""
     for part in (data if isinstance(data, (list, tuple)) else [data]):
         view = memoryview(part)
@@ -131,15 +133,23 @@ def _move_into_place(temp: Path, target: Path, overwrite: bool) -> None:
 
 def write_bytes_atomic(path: os.PathLike | str, data, *, overwrite: bool = False,
                        protect: Iterable = ()) -> Path:
-    """Write data (a buffer or a list of buffers) to path atomically after check_target; on any OSError, nothing changes at path,
-    the temporary file is removed and a LoraMergeError names the path and the reason."""
+    """Write data (a buffer or a list of buffers) to path atomically (see write_file_atomic)."""
+    return write_file_atomic(path, lambda fd: write_all(fd, data), overwrite=overwrite, protect=protect)
+
+
+def write_file_atomic(path: os.PathLike | str, fill: Callable[[int], None], *, overwrite: bool = False,
+                      protect: Iterable = ()) -> Path:
+    """Let fill(fd) write a temporary file, then move it to path after check_target; on any OSError,
+    nothing changes at path, the temporary file is removed and a LoraMergeError names the path and the reason."""
     target = check_target(path, overwrite=overwrite, protect=protect)
     temp = None
     fd = -1
     try:
         fd, temp = _create_temp(target.parent)
-        _write_all(fd, data)
-        _flush_to_disk(fd)
+        fill(fd)
+        replacing = os.path.lexists(target)
+        if replacing:
+            _flush_to_disk(fd)
         open_fd, fd = fd, -1  # never close twice: the number may belong to another file by then
         os.close(open_fd)
         _move_into_place(temp, target, overwrite)
@@ -157,5 +167,6 @@ def write_bytes_atomic(path: os.PathLike | str, data, *, overwrite: bool = False
                 os.unlink(temp)
             except OSError:
                 pass
-    _sync_folder(target.parent)
+    if replacing:
+        _sync_folder(target.parent)
     return target

@@ -1,6 +1,7 @@
 """Pure tensor functions on factored deltas: ΔW = Σ coef_k · up_k @ down_k (2-D factors).
 
-A "part" is (up (out, r), down (r, k), coef).  Nothing here builds a dense out×k matrix.
+A "part" is (up (out, r), down (r, k), coef), factors in any of fp32/fp16/bf16; every computation is
+float32 (float64 for the error).  Nothing here builds a dense out×k matrix.
 """
 from __future__ import annotations
 
@@ -11,25 +12,39 @@ import torch
 Part = tuple[torch.Tensor, torch.Tensor, float]
 
 
-def concat_parts(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
+def concat_parts(parts: list[Part], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Join parts rank-wise so that up @ down equals Σ coef·up_k·down_k exactly (scale 1):
-    √|coef| on each side, the sign on up, written straight into the joined factors."""
+    √|coef| on each side, the sign on up, written straight into joined factors of dtype.  Each value
+    is computed in float32 and rounded once to dtype, whatever dtype the parts are stored in."""
     first_up, first_down = parts[0][0], parts[0][1]
     total = sum(u.shape[1] for u, _, _ in parts)
-    up = torch.empty(first_up.shape[0], total, dtype=torch.float32, device=first_up.device)
-    down = torch.empty(total, first_down.shape[1], dtype=torch.float32, device=first_down.device)
+    up = torch.empty(first_up.shape[0], total, dtype=dtype, device=first_up.device)
+    down = torch.empty(total, first_down.shape[1], dtype=dtype, device=first_down.device)
     at = 0
     for u, d, c in parts:
         r, root = u.shape[1], math.sqrt(abs(c))
-        torch.mul(u, math.copysign(root, c) if c else 0.0, out=up[:, at:at + r])
-        torch.mul(d, root, out=down[at:at + r])
+        _scaled_into(up[:, at:at + r], u, math.copysign(root, c) if c else 0.0)
+        _scaled_into(down[at:at + r], d, root)
         at += r
     return up, down
 
 
+def _scaled_into(out: torch.Tensor, x: torch.Tensor, c: float) -> None:
+    """out = c·x computed in float32 and rounded once to out's dtype.  torch computes a product whose
+    inputs share out's dtype (or are float32) in float32; any other mix is widened to float32 first."""
+    if x.dtype == out.dtype or x.dtype == torch.float32:
+        torch.mul(x, c, out=out)
+    elif out.dtype == torch.float32:
+        out.copy_(x)
+        out.mul_(c)
+    else:
+        torch.mul(x.float(), c, out=out)
+
+
 def stacked(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A = [coef_1·up_1 | …], B = [down_1; …] with A @ B = Σ coef_k·up_k·down_k."""
-    return torch.cat([u * c for u, _, c in parts], dim=1), torch.cat([d for _, d, _ in parts], dim=0)
+    """A = [coef_1·up_1 | …], B = [down_1; …] in float32, with A @ B = Σ coef_k·up_k·down_k."""
+    return (torch.cat([u.float() * c for u, _, c in parts], dim=1),
+            torch.cat([d.float() for _, d, _ in parts], dim=0))
 
 
 def singular_factors(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,8 +84,8 @@ def add_parts(parts: list[tuple[torch.Tensor, torch.Tensor, float, float]]) -> t
     parts are (up, down, weight, alpha); the output's alpha is the first part's alpha.
     """
     base = parts[0][3]
-    up = sum(u * (w * math.sqrt(a / base)) for u, _, w, a in parts)
-    down = sum(d * (w * math.sqrt(a / base)) for _, d, w, a in parts)
+    up = sum(u.float() * (w * math.sqrt(a / base)) for u, _, w, a in parts)
+    down = sum(d.float() * (w * math.sqrt(a / base)) for _, d, w, a in parts)
     return up, down
 
 

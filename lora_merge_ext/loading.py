@@ -10,7 +10,7 @@ from .errors import LoraMergeError
 from .family import detect_family
 from .key_names import is_sgm_name, sdxl_unet_to_sgm, split_key, unsupported_type
 from .lora_file import LoraFile, LoraModule
-from .safetensors_io import read_state_dict
+from .safetensors_io import read_state_file
 
 CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.",
                        "model_ema.", "state_dict.", "text_model.", "down_blocks.", "time_embedding.")
@@ -19,8 +19,10 @@ CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_sta
 def load_lora(path: str | os.PathLike) -> LoraFile:
     """Read a LoRA (kohya, LoCon, Tucker or PEFT/diffusers keys; fp32/fp16/bf16) from a file."""
     path = os.fspath(path)
-    tensors, metadata = read_state_dict(path)
-    return lora_from_state_dict(tensors, metadata, path)
+    loaded = read_state_file(path)
+    lora = lora_from_state_dict(loaded.tensors, loaded.metadata, path)
+    lora.digest = loaded.digest
+    return lora
 
 
 def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
@@ -36,17 +38,25 @@ def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, s
         if name in modules:
             raise LoraMergeError(f"{label}: module {name} appears twice (under two key forms)")
         modules[name] = _module(name, roles, label)
-    bad = [n for n, m in modules.items() if not (_finite(m.up) and _finite(m.down)
-                                                 and (m.alpha is None or math.isfinite(m.alpha)))]
+    bad = _nonfinite_modules(modules)
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise LoraMergeError(f"{label}: NaN or Inf values in {', '.join(bad[:3])}{more}")
     return LoraFile(modules=modules, metadata=dict(metadata), family=family, path=where)
 
 
-def _finite(t: torch.Tensor) -> bool:
-    """No NaN or Inf: one sum pass (NaN and Inf propagate); a full check only if the sum overflowed."""
-    return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
+def _nonfinite_modules(modules: dict[str, LoraModule]) -> list[str]:
+    """Names of the modules holding a NaN or an Inf.  One sum per tensor, stacked per dtype and checked
+    at once (NaN and Inf propagate); a tensor whose sum is not finite (or overflowed) is checked fully."""
+    by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
+    for name, m in modules.items():
+        for t in (m.up, m.down):
+            by_dtype.setdefault(t.dtype, []).append((name, t))
+    bad = {name for name, m in modules.items() if m.alpha is not None and not math.isfinite(m.alpha)}
+    for items in by_dtype.values():
+        sums = torch.isfinite(torch.stack([t.sum() for _, t in items])).tolist()
+        bad.update(name for (name, t), ok in zip(items, sums) if not ok and not bool(torch.isfinite(t).all()))
+    return [name for name in modules if name in bad]
 
 
 def _stored(t: torch.Tensor) -> torch.Tensor:

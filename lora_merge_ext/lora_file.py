@@ -52,13 +52,20 @@ class LoraModule:
             return (self.out_features, self.in_features, *self.kernel)
         return (self.out_features, self.in_features)
 
-    def up2d(self) -> torch.Tensor:
-        """up as a float32 (out, r) matrix."""
-        return self.up.reshape(self.up.shape[0], -1).float()
+    @property
+    def flat_in(self) -> int:
+        """Columns of down as a matrix: in·kh·kw."""
+        return self.down[0].numel()
 
-    def down2d(self) -> torch.Tensor:
-        """down as a float32 (r, in·kh·kw) matrix (3×3 convolutions flattened)."""
-        return self.down.reshape(self.down.shape[0], -1).float()
+    def up2d(self, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """up as an (out, r) matrix in dtype (None: as stored, a view)."""
+        up = self.up.reshape(self.up.shape[0], -1)
+        return up if dtype is None else up.to(dtype)
+
+    def down2d(self, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """down as an (r, in·kh·kw) matrix in dtype (None: as stored, a view; 3×3 convolutions flattened)."""
+        down = self.down.reshape(self.down.shape[0], -1)
+        return down if dtype is None else down.to(dtype)
 
     def delta(self) -> torch.Tensor:
         """Dense ΔW = scale·up·down in the layer's weight shape (for tests and small layers)."""
@@ -77,6 +84,16 @@ class LoraFile:
     family: str = "sd1"
     path: str | None = None
     sources: list[str] = field(default_factory=list)  # files this one was made from (never overwritten)
+    digest: object = None  # the addnet hash of the bytes read (a DataDigest), when read from safetensors
+
+    def file_hash(self) -> str | None:
+        """The sha256 the WebUI shows for the file this was read from (None when not from a file)."""
+        if self.digest is not None:
+            return self.digest.hexdigest()
+        if self.path is None:
+            return None
+        from .safetensors_io import a1111_hash
+        return a1111_hash(self.path)
 
     @property
     def max_rank(self) -> int:

@@ -37,10 +37,13 @@ def canonical_mode(mode: str) -> str:
 def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat", weights: list[float] | None = None,
                 lbw: list[str | None] | None = None, rank: int | None = None, conv_rank: int | None = None,
                 energy: float | None = None, device: str = "cpu", presets=None,
-                progress: Progress | None = None, report: bool | None = None) -> MergeResult:
+                progress: Progress | None = None, report: bool | None = None,
+                dtype: torch.dtype = torch.float32) -> MergeResult:
     """Merge LoraFiles; the result's ΔW follows DESIGN.md §3 for the mode.  Metadata is left to the caller
     except the join layout.  report: measure ‖ΔW_out − T‖/‖T‖ per module (default: for add and svd; a
-    concat is exact by construction, so it is only measured when asked)."""
+    concat is exact by construction, so it is only measured when asked).  Computation is float32; each
+    output module is rounded to dtype (the dtype it will be saved in) as soon as it is computed, and
+    the report measures the rounded factors."""
     mode = canonical_mode(mode)
     measure = mode != "concat" if report is None else report
     n = len(loras)
@@ -58,11 +61,11 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     modules: dict[str, LoraModule] = {}
     for done, name in enumerate(order):
         present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
-        parts = [(m.up2d().to(dev), m.down2d().to(dev), weights[k] * lbw_factor(factors[k], name) * m.scale)
+        parts = [(m.up2d(None).to(dev), m.down2d(None).to(dev), weights[k] * lbw_factor(factors[k], name) * m.scale)
                  for k, m in present]
         first = present[0][1]
         if mode == "concat" or (mode == "add" and len(present) == 1):
-            up, down = concat_parts(parts)
+            up, down = concat_parts(parts, dtype)
             alpha = float(up.shape[1])
         elif mode == "svd":
             target = conv_rank if first.kernel != (1, 1) else rank
@@ -70,6 +73,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
             alpha = float(up.shape[1])
         else:
             up, down, alpha = _add(present, parts, weights, factors, name)
+        up, down = up.to(dtype), down.to(dtype)
         error = relative_error(parts, [(up, down, alpha / up.shape[1])]) if measure else None
         modules[name] = _shaped(first, up.cpu(), down.cpu(), alpha)
         result_report.rows.append(ReportRow(name, int(up.shape[1]), error))
@@ -174,6 +178,6 @@ def _check_output_size(mode, order, loras, rank, conv_rank) -> None:
         if mode == "svd":
             cap = conv_rank if mods[0].kernel != (1, 1) else rank
             r = min(sum(x.rank for x in mods), cap) if cap else sum(x.rank for x in mods)
-        total += r * (mods[0].out_features + mods[0].down2d().shape[1])
+        total += r * (mods[0].out_features + mods[0].flat_in)
     if total > MAX_OUTPUT_ELEMENTS:
         raise LoraMergeError(f"the output would hold {total:,} values ({total * 4 / 2**30:.1f} GiB); refusing")

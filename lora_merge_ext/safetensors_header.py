@@ -104,11 +104,13 @@ def read_exact(f: BinaryIO, n: int, path, what: str) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise _HeaderProblem(f"the header names {show(key)!r} twice")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _HeaderProblem(f"the header names {show(key)!r} twice")
+            seen.add(key)
     return out
 
 
@@ -198,6 +200,16 @@ class _Label:
 
 
 def _parse_entry(name: str, entry: object, path) -> TensorInfo:
+    """One header entry, checked; a well-formed entry takes the short way, anything else the long one,
+    which names what is wrong."""
+    if type(entry) is dict and len(entry) == 3 and name.isascii():
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if (type(dtype) is str and dtype in DTYPE_SIZES and type(shape) is list and len(shape) <= MAX_NDIM
+                and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)
+                and type(offsets) is list and len(offsets) == 2 and type(offsets[0]) is int
+                and type(offsets[1]) is int and 0 <= offsets[0] <= offsets[1]
+                and offsets[1] - offsets[0] == math.prod(shape) * DTYPE_SIZES[dtype]):
+            return TensorInfo(dtype, tuple(shape), (offsets[0], offsets[1]))
     label = _Label(name)
     try:
         _check_text(name, "tensor name")

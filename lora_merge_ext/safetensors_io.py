@@ -1,28 +1,29 @@
-"""LoRA files in and out: validated reads, the addnet hashes, atomic writes with the hashes embedded.
+"""LoRA files in: validated reads and the addnet hashes (writing is in safetensors_write).
 
 read_header / read_safetensors / read_state_dict never raise anything but LoraMergeError on a bad
-file; save_safetensors_atomic never leaves a half-written file or a temporary file behind.
+file. A whole safetensors file is read with one read of its data section, which is hashed on a
+second thread while the caller goes on (the provenance of a merge needs that hash).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import safetensors.torch
 import torch
 
-from .atomic_write import check_target, write_bytes_atomic
-from .errors import LoraMergeError
 from .pickle_io import read_pickled_state_dict
 from .safetensors_header import (DTYPE_SIZES, TensorInfo, fail, open_input_file, parse_header, read_header,
                                  read_header_length, show)
+from .safetensors_write import legacy_hash, save_safetensors_atomic
 
-__all__ = ["TensorInfo", "read_header", "read_safetensors", "read_state_dict", "tensor_data_sha256",
-           "a1111_hash", "legacy_hash", "save_safetensors_atomic", "find_nonfinite"]
+__all__ = ["TensorInfo", "read_header", "read_safetensors", "read_state_dict", "read_tensor_file",
+           "read_state_file", "TensorFile", "DataDigest", "tensor_data_sha256", "a1111_hash", "legacy_hash",
+           "save_safetensors_atomic", "find_nonfinite"]
 
 TORCH_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8,
@@ -33,31 +34,92 @@ TORCH_DTYPES = {
 }
 assert set(TORCH_DTYPES) == set(DTYPE_SIZES)
 
-_SAVABLE = frozenset(TORCH_DTYPES.values())
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-LEGACY_HASH_OFFSET, LEGACY_HASH_LENGTH = 0x100000, 0x10000
 _CHUNK = 1 << 20
 
 
 # --- reading ---------------------------------------------------------------------------------
 
-def _tensor_from_bytes(buf: bytearray, info: TensorInfo) -> torch.Tensor:
+class DataDigest:
+    """sha256 of a file's data section, computed on a background thread; hexdigest() waits for it."""
+
+    def __init__(self, data: memoryview):
+        self._digest = hashlib.sha256()
+        self._thread = threading.Thread(target=self._digest.update, args=(data,), name="addnet-hash", daemon=True)
+        self._thread.start()
+
+    def hexdigest(self) -> str:
+        self._thread.join()
+        return self._digest.hexdigest()
+
+
+@dataclass
+class TensorFile:
+    """What a LoRA file holds: tensors as stored, metadata, and (for safetensors) the addnet hash of
+    the bytes that were read."""
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    digest: DataDigest | None = None
+
+
+def _tensor_from_bytes(buf, info: TensorInfo, offset: int = 0) -> torch.Tensor:
+    """A tensor over info.nbytes of buf at offset (shared memory when aligned and little-endian)."""
     dtype = TORCH_DTYPES[info.dtype]
     if info.nbytes == 0:
         return torch.empty(info.shape, dtype=dtype)
     size = DTYPE_SIZES[info.dtype]
     if sys.byteorder == "big" and size > 1:  # safetensors stores little-endian
-        raw = torch.frombuffer(buf, dtype=torch.uint8).view(-1, size).flip(1).contiguous()
-        return raw.view(dtype).reshape(info.shape)
-    return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+        raw = torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes, offset=offset)
+        return raw.view(-1, size).flip(1).contiguous().view(dtype).reshape(info.shape)
+    if offset % size:  # misaligned in the file: copy into an aligned buffer
+        buf, offset = bytearray(memoryview(buf)[offset:offset + info.nbytes]), 0
+    return torch.frombuffer(buf, dtype=dtype, count=info.nbytes // size, offset=offset).reshape(info.shape)
+
+
+def _check_bool(path, key: str, info: TensorInfo, buf, offset: int) -> None:
+    if info.dtype == "BOOL" and info.nbytes and max(memoryview(buf)[offset:offset + info.nbytes]) > 1:
+        raise fail(path, f"tensor {show(key)!r}: BOOL data holds bytes other than 0 and 1")
+
+
+def _read_into(f, buf, path, what: str) -> None:
+    try:
+        got = f.readinto(buf)
+    except OSError as e:
+        raise fail(path, f"cannot read file: {e.strerror or e}") from None
+    if got != len(buf):
+        raise fail(path, f"file is truncated: {what} needs {len(buf)} bytes, got {got}")
+
+
+def read_tensor_file(path: os.PathLike | str, *, digest: bool = False) -> TensorFile:
+    """Every tensor of a validated safetensors file, read with one read of the data section; the
+    tensors share that buffer. digest: hash the data section (the addnet hash) on a second thread."""
+    parsed = parse_header(path)
+    f, size = open_input_file(path)
+    with f:
+        if size != parsed.file_size:
+            raise fail(path, "file changed while it was being read")
+        data = bytearray(size - parsed.data_start)
+        try:
+            f.seek(parsed.data_start)
+        except OSError as e:
+            raise fail(path, f"cannot read file: {e.strerror or e}") from None
+        _read_into(f, data, path, "the tensor data")
+    tensors = {}
+    for key, info in parsed.tensors.items():
+        _check_bool(path, key, info, data, info.offsets[0])
+        tensors[key] = _tensor_from_bytes(data, info, info.offsets[0])
+    return TensorFile(tensors, dict(parsed.metadata), DataDigest(memoryview(data)) if digest else None)
 
 
 def read_safetensors(path: os.PathLike | str, keys: Iterable[str] | None = None
                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a validated safetensors file, tensors as stored (dtype and shape);
     keys limits the read to those tensors."""
+    if keys is None:
+        whole = read_tensor_file(path)
+        return whole.tensors, whole.metadata
     parsed = parse_header(path)
-    wanted = list(parsed.tensors) if keys is None else list(dict.fromkeys(keys))
+    wanted = list(dict.fromkeys(keys))
     for key in wanted:
         if key not in parsed.tensors:
             raise fail(path, f"has no tensor named {show(key)!r}")
@@ -71,29 +133,32 @@ def read_safetensors(path: os.PathLike | str, keys: Iterable[str] | None = None
             buf = bytearray(info.nbytes)
             try:
                 f.seek(parsed.data_start + info.offsets[0])
-                got = f.readinto(buf)
             except OSError as e:
                 raise fail(path, f"cannot read file: {e.strerror or e}") from None
-            if got != info.nbytes:
-                raise fail(path, f"file is truncated: tensor {show(key)!r} needs {info.nbytes} bytes, got {got}")
-            if info.dtype == "BOOL" and buf and max(buf) > 1:
-                raise fail(path, f"tensor {show(key)!r}: BOOL data holds bytes other than 0 and 1")
+            _read_into(f, buf, path, f"tensor {show(key)!r}")
+            _check_bool(path, key, info, buf, 0)
             tensors[key] = _tensor_from_bytes(buf, info)
     return {key: tensors[key] for key in wanted}, dict(parsed.metadata)
 
 
-def read_state_dict(path: os.PathLike | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) from .safetensors, or from a pickled .pt/.pth/.ckpt/.bin loaded with
-    weights_only=True (never runs code from the file; metadata is then empty)."""
+def read_state_file(path: os.PathLike | str, *, digest: bool = True) -> TensorFile:
+    """A .safetensors file (digest: with its addnet hash under way), or a pickled .pt/.pth/.ckpt/.bin
+    loaded with weights_only=True (never runs code from the file; metadata is then empty, no hash)."""
     if os.path.isdir(path):
         raise fail(path, "is a folder, expected a LoRA file")
     suffix = Path(path).suffix.lower()
     if suffix == ".safetensors":
-        return read_safetensors(path)
+        return read_tensor_file(path, digest=digest)
     if suffix in PICKLE_SUFFIXES:
-        return read_pickled_state_dict(path)
+        return TensorFile(*read_pickled_state_dict(path))
     raise fail(path, f"unknown file type {show(suffix or '(no extension)', 40)!r}, "
                      f"expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
+
+
+def read_state_dict(path: os.PathLike | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) from .safetensors or a pickled file (see read_state_file)."""
+    loaded = read_state_file(path, digest=False)
+    return loaded.tensors, loaded.metadata
 
 
 def find_nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
@@ -141,87 +206,3 @@ def a1111_hash(path: os.PathLike | str) -> str:
         except OSError as e:
             raise fail(path, f"cannot read file: {e.strerror or e}") from None
     return digest.hexdigest()
-
-
-def _data_section(blob: bytes) -> memoryview:
-    n = int.from_bytes(blob[:8], "little")
-    return memoryview(blob)[8 + n:]
-
-
-def legacy_hash(blob: bytes) -> str:
-    """kohya's sshs_legacy_hash of a serialized file: first 8 hex of sha256 of 64 KiB at offset 1 MiB
-    (sha256 of nothing for files under 1 MiB, as kohya computes it)."""
-    return hashlib.sha256(blob[LEGACY_HASH_OFFSET:LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH]).hexdigest()[:8]
-
-
-# --- writing ---------------------------------------------------------------------------------
-
-def _check_metadata(metadata: Mapping[str, str], path) -> dict[str, str]:
-    if not isinstance(metadata, Mapping):
-        raise fail(path, f"metadata must be a dict of strings, got {type(metadata).__name__}")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise fail(path, f"metadata {show(repr(key), 60)} must map a string to a string, "
-                             f"got {type(key).__name__} -> {type(value).__name__}")
-    return dict(metadata)
-
-
-def _prepare_tensors(tensors: Mapping[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
-    """CPU, contiguous tensors with no two sharing storage (safetensors refuses shared storage)."""
-    out: dict[str, torch.Tensor] = {}
-    storages: set[int] = set()
-    for key, t in tensors.items():
-        if not isinstance(key, str) or key == "__metadata__" or not key:
-            raise fail(path, f"tensor name {show(repr(key), 60)} cannot be saved")
-        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.device.type == "meta":
-            kind = f"{t.layout}, {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
-            raise fail(path, f"{show(key)!r} is not a dense tensor with data ({kind})")
-        if t.dtype not in _SAVABLE:
-            raise fail(path, f"tensor {show(key)!r} has dtype {str(t.dtype).replace('torch.', '')}, "
-                             f"which cannot be saved (cast it to float32, float16 or bfloat16)")
-        t = t.detach().to("cpu").contiguous()
-        pointer = t.untyped_storage().data_ptr()
-        if t.numel() and pointer in storages:
-            t = t.clone()
-        if t.numel():
-            storages.add(t.untyped_storage().data_ptr())
-        out[key] = t
-    return out
-
-
-def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path) -> bytes:
-    try:
-        return safetensors.torch.save(tensors, metadata)
-    except (ValueError, RuntimeError, KeyError, TypeError) as e:
-        raise fail(path, f"cannot serialize the tensors: {show(str(e).strip().splitlines()[0], 160)}") from None
-
-
-def _header_with_metadata(blob: bytes, metadata: dict[str, str]) -> bytes:
-    """The 8-byte length and JSON header of a serialized blob, with its __metadata__ replaced; padded
-    with spaces so the data section stays 8-byte aligned, as safetensors writes it."""
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(bytes(blob[8:8 + n]))
-    header["__metadata__"] = metadata
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text
-
-
-def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
-                            path: os.PathLike | str, *, overwrite: bool = False, protect: Iterable = ()) -> str:
-    """Write tensors (as given: cast them first) and metadata to path atomically, adding
-    sshs_model_hash (sha256 of the data section of the file written) and sshs_legacy_hash (kohya's).
-    Refuses inputs in protect (by resolved path or same file), existing files unless overwrite,
-    missing folders. Returns sshs_model_hash."""
-    protect = list(protect)
-    meta = _check_metadata(metadata, path)
-    check_target(path, overwrite=overwrite, protect=protect)
-    prepared = _prepare_tensors(tensors, path)
-    # kohya hashes a blob holding only the ss_* metadata; the data section does not depend on metadata,
-    # so the file is that data section behind a header that carries all the metadata and the hashes
-    hash_blob = _serialize(prepared, {k: v for k, v in meta.items() if k.startswith("ss_")}, path)
-    data = _data_section(hash_blob)
-    model_hash = hashlib.sha256(data).hexdigest()
-    meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hash, legacy_hash(hash_blob)
-    write_bytes_atomic(path, [_header_with_metadata(hash_blob, meta), data], overwrite=overwrite, protect=protect)
-    return model_hash

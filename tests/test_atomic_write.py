@@ -173,7 +173,7 @@ def test_failed_overwrite_leaves_old_file_and_no_temp(tmp_path, monkeypatch, fai
     assert path.read_bytes() == before and listing(tmp_path) == names
 
 
-@pytest.mark.parametrize("failure", [f for f in FAILURES if f != "rename-fails"])
+@pytest.mark.parametrize("failure", [f for f in FAILURES if f not in ("rename-fails", "disk-full-at-fsync")])
 def test_failed_new_file_leaves_nothing(tmp_path, monkeypatch, failure):
     FAILURES[failure](monkeypatch)
     refused(lambda: save(tmp_path / "new.safetensors"), "new.safetensors", REASONS[failure])
@@ -198,17 +198,30 @@ def test_file_system_without_fsync_still_saves(tmp_path, monkeypatch):
 def test_file_that_appears_during_the_write_is_not_replaced(tmp_path, monkeypatch):
     """Two merges racing for one name: the second finds the first's file and leaves it alone."""
     path = tmp_path / "out.safetensors"
-    real_fsync = os.fsync
+    real_link = os.link
 
-    def rival(fd):
-        real_fsync(fd)
+    def rival(src, dst, *args, **kw):
         if not path.exists():
             path.write_bytes(b"the other merge")
+        return real_link(src, dst, *args, **kw)
 
-    monkeypatch.setattr(os, "fsync", rival)
+    monkeypatch.setattr(os, "link", rival)
     refused(lambda: save(path), "exists")
     monkeypatch.undo()
     assert path.read_bytes() == b"the other merge" and listing(tmp_path) == ["out.safetensors"]
+
+
+def test_only_a_replaced_file_is_flushed_to_disk(tmp_path, monkeypatch):
+    """fsync guards an existing file against a power cut mid-replace; a new file has nothing at stake."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "out.safetensors"
+    save(path)
+    assert synced == []
+    save_safetensors_atomic({"x": torch.ones(3)}, {}, path, overwrite=True)
+    assert len(synced) == 2  # the new data before the rename, then the folder after it
+    assert read_safetensors(path)[0]["x"].tolist() == [1.0, 1.0, 1.0]
 
 
 # --- names -------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Reading LoRA files: key forms, dtypes, Tucker, families, and refusals by name."""
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from delta_oracle import dense_deltas
-from lora_factory import make_tensors, to_peft, write_lora
+from lora_factory import make_lora, make_tensors, to_peft, write_lora
 from lora_merge_ext import api
 from lora_merge_ext.errors import LoraMergeError
 
@@ -103,3 +103,26 @@ def test_broken_modules_are_refused_with_the_module_named(tmp_path, edit, messag
     with pytest.raises(LoraMergeError, match=message) as info:
         api.load(path)
     assert name in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_nan_is_found_and_large_finite_values_are_not(tmp_path, dtype):
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    t = {k: v.to(dtype) if v.dim() else v for k, v in make_tensors("sd15_lora", keep=lambda n: "attn1_to_q" in n).items()}
+    t[f"{name}.lora_up.weight"] = torch.full((320, 4), 60000.0, dtype=dtype)  # its sum overflows fp16
+    lora = api.load(write_lora(tmp_path / "big.safetensors", t))
+    assert lora.modules[name].up.dtype == dtype
+    t[f"{name}.lora_down.weight"][1, 7] = float("nan")
+    with pytest.raises(LoraMergeError, match="NaN or Inf") as info:
+        api.load(write_lora(tmp_path / "nan.safetensors", t))
+    assert name in str(info.value) and "down_blocks_1" not in str(info.value)
+
+
+def test_file_hash_is_the_addnet_hash_of_the_bytes_read(tmp_path):
+    from lora_merge_ext.safetensors_io import a1111_hash
+    path = make_lora(tmp_path / "a.safetensors", "sd15_lora", rank=2, keep=lambda n: "attn1_to_q" in n)
+    lora = api.load(path)
+    assert lora.file_hash() == a1111_hash(path)
+    pt = tmp_path / "a.pt"
+    torch.save(load_file(path), pt)
+    assert api.load(pt).file_hash() == a1111_hash(pt)

@@ -284,3 +284,46 @@ def test_save_refuses_unsavable_tensors(tmp_path, tensors):
     with pytest.raises(LoraMergeError):
         save_safetensors_atomic(tensors, {}, tmp_path / "t.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the streaming writer ----------------------------------------------------------------------
+
+def test_saved_file_is_what_safetensors_writes(tmp_path):
+    """Same tensor order, offsets, header length and data bytes as safetensors.torch.save."""
+    gen = torch.Generator().manual_seed(5)
+    tensors = {f"t_{name.lower()}": (torch.randn(3, 5, generator=gen) * 4).to(dtype)
+               for name, dtype in TORCH_DTYPES.items()}
+    tensors.update({"b_scalar.alpha": torch.tensor(2.5), "a_empty": torch.zeros(0, 4, dtype=torch.float16),
+                    "z_big": torch.randn(700, 300, generator=gen), "m_view": torch.randn(6, 6, generator=gen).T})
+    metadata = {"ss_network_dim": "8", "note": "ünïcode \n\t\x01 \"quoted\" /slash"}
+    path = tmp_path / "w.safetensors"
+    save_safetensors_atomic(tensors, metadata, path)
+    ours = path.read_bytes()
+    n = int.from_bytes(ours[:8], "little")
+    header = json.loads(ours[8:8 + n])
+    reference = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, header["__metadata__"])
+    m = int.from_bytes(reference[:8], "little")
+    assert n == m and n % 8 == 0 and header == json.loads(reference[8:8 + m])
+    assert list(header)[1:] == list(json.loads(reference[8:8 + m]))[1:]  # tensors in the same order
+    assert ours[8 + n:] == reference[8 + m:]
+    assert_same(safetensors.torch.load_file(path), {k: v.contiguous() for k, v in tensors.items()})
+
+
+def test_misaligned_tensors_are_read_correctly(tmp_path):
+    """A writer that neither pads the header nor aligns offsets: an F16 tensor at an odd offset."""
+    values = torch.tensor([1.5, -2.25, 3.0], dtype=torch.float16)
+    header = json.dumps({"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+                         "b": {"dtype": "F16", "shape": [3], "data_offsets": [1, 7]}}).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(_raw(header, b"\x07" + bits(values)))
+    tensors, _ = read_safetensors(path)
+    assert tensors["a"].tolist() == [7] and torch.equal(tensors["b"], values)
+
+
+def test_read_tensor_file_hashes_the_bytes_it_read(tmp_path):
+    from lora_merge_ext.safetensors_io import read_tensor_file
+    path = make_lora(tmp_path / "a.safetensors", keep=SUBSET, rank=2)
+    loaded = read_tensor_file(path, digest=True)
+    assert loaded.digest.hexdigest() == addnet_hash_a1111(path) == tensor_data_sha256(path)
+    assert read_tensor_file(path).digest is None
+    assert_same(loaded.tensors, safetensors.torch.load_file(path))

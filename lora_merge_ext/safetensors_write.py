@@ -1,0 +1,168 @@
+"""Write safetensors files by streaming each tensor's bytes to disk.
+
+The file is what safetensors itself writes (same tensor order, header and padding), but no serialized
+copy of the whole file is made: the data section is written straight from the tensors and hashed on
+a second thread while it is written, and the header (which carries that hash) goes in last.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from typing import Iterable, Mapping
+
+import torch
+
+from .atomic_write import check_target, write_all, write_file_atomic
+from .safetensors_header import DTYPE_SIZES, fail, show
+
+# safetensors writes tensors by dtype in this order, then by name
+WRITE_ORDER = ("U64", "I64", "F64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16",
+               "F8_E4M3", "F8_E5M2", "I8", "U8", "BOOL")
+DTYPE_NAMES = {
+    torch.uint64: "U64", torch.int64: "I64", torch.float64: "F64", torch.float32: "F32", torch.uint32: "U32",
+    torch.int32: "I32", torch.bfloat16: "BF16", torch.float16: "F16", torch.uint16: "U16", torch.int16: "I16",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+assert set(WRITE_ORDER) == set(DTYPE_NAMES.values()) == set(DTYPE_SIZES)
+LEGACY_HASH_OFFSET, LEGACY_HASH_LENGTH = 0x100000, 0x10000
+_SMALL = 1 << 16  # tensors smaller than this are gathered into one write
+_HASH_PLACEHOLDER = "0" * 64
+
+
+def _check_metadata(metadata: Mapping[str, str], path) -> dict[str, str]:
+    if not isinstance(metadata, Mapping):
+        raise fail(path, f"metadata must be a dict of strings, got {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise fail(path, f"metadata {show(repr(key), 60)} must map a string to a string, "
+                             f"got {type(key).__name__} -> {type(value).__name__}")
+    return dict(metadata)
+
+
+def _prepare(tensors: Mapping[str, torch.Tensor], path) -> list[tuple[str, torch.Tensor]]:
+    """(name, CPU contiguous tensor) in the order safetensors writes them."""
+    out = []
+    for key, t in tensors.items():
+        if not isinstance(key, str) or key == "__metadata__" or not key:
+            raise fail(path, f"tensor name {show(repr(key), 60)} cannot be saved")
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.device.type == "meta":
+            kind = f"{t.layout}, {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise fail(path, f"{show(key)!r} is not a dense tensor with data ({kind})")
+        if t.dtype not in DTYPE_NAMES:
+            raise fail(path, f"tensor {show(key)!r} has dtype {str(t.dtype).replace('torch.', '')}, "
+                             f"which cannot be saved (cast it to float32, float16 or bfloat16)")
+        out.append((key, t.detach().to("cpu").contiguous()))
+    rank = {name: i for i, name in enumerate(WRITE_ORDER)}
+    out.sort(key=lambda kv: (rank[DTYPE_NAMES[kv[1].dtype]], kv[0]))
+    return out
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The little-endian bytes of a contiguous CPU tensor (a view, no copy on little-endian machines)."""
+    if t.numel() == 0:
+        return memoryview(b"")
+    raw = t.reshape(-1).view(torch.uint8)
+    size = t.element_size()
+    if sys.byteorder == "big" and size > 1:
+        raw = raw.view(-1, size).flip(1).contiguous().view(-1)
+    return memoryview(raw.numpy())
+
+
+def header_bytes(entries: list[tuple[str, torch.Tensor]], metadata: dict[str, str] | None) -> bytes:
+    """The 8-byte length and the JSON header, padded with spaces to a multiple of 8 as safetensors does."""
+    header: dict[str, object] = {} if metadata is None else {"__metadata__": metadata}
+    at = 0
+    for name, t in entries:
+        end = at + t.numel() * t.element_size()
+        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [at, end]}
+        at = end
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def legacy_hash(blob: bytes) -> str:
+    """kohya's sshs_legacy_hash of a serialized file: first 8 hex of sha256 of 64 KiB at offset 1 MiB
+    (sha256 of nothing for files under 1 MiB, as kohya computes it)."""
+    return hashlib.sha256(blob[LEGACY_HASH_OFFSET:LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH]).hexdigest()[:8]
+
+
+def _byte_range(parts: Iterable[memoryview], start: int, stop: int) -> bytes:
+    """Bytes start..stop of the concatenation of parts (only the overlapping slices are copied)."""
+    out, at = [], 0
+    for part in parts:
+        end = at + len(part)
+        if end > start and at < stop:
+            out.append(bytes(part[max(start - at, 0):min(stop, end) - at]))
+        if end >= stop:
+            break
+        at = end
+    return b"".join(out)
+
+
+def _kohya_legacy_hash(entries, views, metadata: dict[str, str]) -> str:
+    """sshs_legacy_hash as kohya computes it: on the file these tensors make with only the ss_* metadata."""
+    head = header_bytes(entries, {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    window = _byte_range([memoryview(head), *views], LEGACY_HASH_OFFSET, LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH)
+    return hashlib.sha256(window).hexdigest()[:8]
+
+
+def _write_data(fd: int, views: list[memoryview]) -> None:
+    """Write the views in order; small ones are gathered so that each write carries at least 64 KiB."""
+    pending = bytearray()
+    for view in views:
+        if len(view) >= _SMALL:
+            if pending:
+                write_all(fd, pending)
+                pending = bytearray()
+            write_all(fd, view)
+            continue
+        pending += view
+        if len(pending) >= _SMALL:
+            write_all(fd, pending)
+            pending = bytearray()
+    if pending:
+        write_all(fd, pending)
+
+
+def _hash_views(views: list[memoryview], digest) -> None:
+    for view in views:
+        digest.update(view)
+
+
+def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+                            path: os.PathLike | str, *, overwrite: bool = False, protect: Iterable = ()) -> str:
+    """Write tensors (as given: cast them first) and metadata to path atomically, adding
+    sshs_model_hash (sha256 of the data section of the file written) and sshs_legacy_hash (kohya's).
+    Refuses inputs in protect (by resolved path or same file), existing files unless overwrite,
+    missing folders. Returns sshs_model_hash."""
+    protect = list(protect)
+    meta = _check_metadata(metadata, path)
+    check_target(path, overwrite=overwrite, protect=protect)
+    entries = _prepare(tensors, path)
+    views = [tensor_bytes(t) for _, t in entries]
+    meta["sshs_legacy_hash"] = _kohya_legacy_hash(entries, views, meta)
+    meta["sshs_model_hash"] = _HASH_PLACEHOLDER
+    head_length = len(header_bytes(entries, meta))
+    digest = hashlib.sha256()
+
+    def fill(fd: int) -> None:
+        hasher = threading.Thread(target=_hash_views, args=(views, digest), name="sshs-hash", daemon=True)
+        hasher.start()
+        try:
+            os.lseek(fd, head_length, os.SEEK_SET)
+            _write_data(fd, views)
+        finally:
+            hasher.join()
+        meta["sshs_model_hash"] = digest.hexdigest()
+        head = header_bytes(entries, meta)
+        assert len(head) == head_length
+        os.lseek(fd, 0, os.SEEK_SET)
+        write_all(fd, head)
+
+    write_file_atomic(path, fill, overwrite=overwrite, protect=protect)
+    return meta["sshs_model_hash"]

@@ -1,0 +1,79 @@
+"""Half-precision inputs and outputs: computation is float32 whatever the files hold, and each output
+factor is rounded once to the save dtype."""
+import pytest
+import torch
+
+from delta_oracle import dense_deltas, raw_modules
+from lora_factory import make_lora
+from lora_merge_ext import api
+
+KEEP = lambda n: n.endswith(("layers_0_self_attn_q_proj", "layers_1_mlp_fc2", "attentions_0_transformer_blocks_0_attn1_to_q",
+                             "down_blocks_0_resnets_0_conv1", "mid_block_attentions_0_proj_in"))
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@pytest.fixture
+def half_pair(tmp_path):
+    """An fp16 file and a bf16 file of different ranks and alphas (LoCon, so 3×3 convolutions too)."""
+    a = make_lora(tmp_path / "a16.safetensors", "sd15_locon", rank=4, alpha=3.0, seed=1, keep=KEEP, dtype=torch.float16)
+    b = make_lora(tmp_path / "b16.safetensors", "sd15_locon", rank=2, alpha=None, seed=2, keep=KEEP, dtype=torch.bfloat16)
+    return a, b
+
+
+def _target(paths, weights):
+    out = {}
+    for path, w in zip(paths, weights):
+        for name, delta in dense_deltas(path).items():
+            out[name] = out.get(name, 0) + w * delta
+    return out
+
+
+def _max_relative(got, want):
+    assert set(got) == set(want)
+    return max(((got[n] - want[n]).abs().max() / want[n].abs().max()).item() for n in want)
+
+
+@pytest.mark.parametrize("mode", ["concat", "svd"])
+def test_half_inputs_merge_in_float32(half_pair, tmp_path, mode):
+    """Saved as fp32, the merge of fp16/bf16 files is exact to float32 precision, not to half precision."""
+    a, b = half_pair
+    result = api.merge([a, b], mode=mode, weights=[0.7, -1.3], rank=6)
+    got = dense_deltas(api.save(result.lora, tmp_path / "out.safetensors").path)
+    assert _max_relative(got, _target([a, b], [0.7, -1.3])) < 2e-5  # fp16 rounding alone would be ~5e-4
+
+
+def test_half_inputs_add_in_float32(tmp_path):
+    a = make_lora(tmp_path / "a.safetensors", "sd15_lora", rank=4, alpha=2.0, seed=1, keep=KEEP, dtype=torch.float16)
+    b = make_lora(tmp_path / "b.safetensors", "sd15_lora", rank=4, alpha=8.0, seed=2, keep=KEEP, dtype=torch.bfloat16)
+    result = api.merge([a, b], mode="add", weights=[0.8, -0.6])
+    saved = raw_modules(api.save(result.lora, tmp_path / "out.safetensors").path)
+    ra, rb = raw_modules(a), raw_modules(b)
+    for name in ra:
+        for role in ("lora_up.weight", "lora_down.weight"):
+            want = 0.8 * ra[name][role] + 2.0 * -0.6 * rb[name][role]  # c = √(8/2)
+            assert torch.allclose(saved[name][role], want, rtol=1e-6, atol=1e-7), (name, role)
+
+
+@pytest.mark.parametrize("mode", ["concat", "svd", "add"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_each_factor_is_rounded_once_to_the_save_dtype(half_pair, tmp_path, mode, dtype):
+    """Merging straight into fp16/bf16 gives bit for bit the float32 merge rounded to that dtype."""
+    a, b = half_pair
+    if mode == "add":
+        b = make_lora(tmp_path / "b4.safetensors", "sd15_locon", rank=4, alpha=1.0, seed=5, keep=KEEP, dtype=torch.float32)
+    wide = api.merge([a, b], mode=mode, weights=[0.7, -1.3], rank=3)
+    narrow = api.merge([a, b], mode=mode, weights=[0.7, -1.3], rank=3, dtype=dtype)
+    for name, m in wide.lora.modules.items():
+        n = narrow.lora.modules[name]
+        assert n.up.dtype == n.down.dtype == DTYPES[dtype]
+        assert torch.equal(n.up, m.up.to(DTYPES[dtype])) and torch.equal(n.down, m.down.to(DTYPES[dtype])), name
+        assert n.alpha == m.alpha
+
+
+def test_report_measures_the_rounded_factors(half_pair):
+    """The svd report of an fp16 result includes the fp16 rounding (what is saved is what is measured)."""
+    a, b = half_pair
+    wide = api.merge([a, b], mode="svd", rank=6).report  # rank 6 covers both inputs: exact in float32
+    narrow = api.merge([a, b], mode="svd", rank=6, dtype="fp16").report
+    assert wide.summary()["max_error"] < 1e-5
+    assert 1e-5 < narrow.summary()["max_error"] < 5e-3
