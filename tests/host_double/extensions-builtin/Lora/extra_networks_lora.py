@@ -7,7 +7,7 @@ class ExtraNetworkLora(extra_networks.ExtraNetwork):
     def __init__(self):
         super().__init__("lora")
         self.errors = {}
-        """mapping of network names to the number of errors the network had during operation"""
+        """network name → how many layers failed to take its weights (reference §2.4, §2.6)"""
 
     remove_symbols = str.maketrans("", "", ":,")
 

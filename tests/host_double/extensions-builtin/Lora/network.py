@@ -89,7 +89,7 @@ class Network:  # LoraModule
         self.bundle_embeddings = {}
         self.mtime = None
         self.mentioned_name = None
-        """the text that was used to add the network to prompt - can be either name or an alias"""
+        """the name as the prompt wrote it: the file name or the alias"""
 
 
 class ModuleType:
@@ -161,7 +161,7 @@ class NetworkModule:
         raise NotImplementedError()
 
     def forward(self, x, y):
-        """A general forward implementation for all modules (functional mode)."""
+        """Functional mode for any module type: the layer's op applied with the delta as weight."""
         if self.ops is None:
             raise NotImplementedError()
         updown, ex_bias = self.calc_updown(self.sd_module.weight)

@@ -120,7 +120,7 @@ def load_network(name, network_on_disk):
     net.mtime = os.path.getmtime(network_on_disk.filename)
     sd = sd_models.read_state_dict(network_on_disk.filename)
 
-    # this should not be needed but is here as an emergency fix for an unknown error people are experiencing in 1.2.0
+    # the host rebuilds a missing layer mapping here as a fall-back (reference §2.4)
     if not hasattr(shared.sd_model, "network_layer_mapping"):
         assign_network_names_to_compvis_modules(shared.sd_model)
 
@@ -135,14 +135,14 @@ def load_network(name, network_on_disk):
             m = re_x_proj.match(key)
             if m:
                 sd_module = shared.sd_model.network_layer_mapping.get(m.group(1), None)
-        # SDXL loras seem to already have correct compvis keys, so only need to replace "lora_unet" with "diffusion_model"
+        # SDXL fall-backs (reference §2.4): kohya SDXL names already use the compvis block names
         if sd_module is None and "lora_unet" in key_network_without_network_parts:
             key = key_network_without_network_parts.replace("lora_unet", "diffusion_model")
             sd_module = shared.sd_model.network_layer_mapping.get(key, None)
         elif sd_module is None and "lora_te1_text_model" in key_network_without_network_parts:
             key = key_network_without_network_parts.replace("lora_te1_text_model", "0_transformer_text_model")
             sd_module = shared.sd_model.network_layer_mapping.get(key, None)
-            # some SD1 Loras also have correct compvis keys
+            # then without the SDXL "0_" prefix (some SD1 files name te1)
             if sd_module is None:
                 key = key_network_without_network_parts.replace("lora_te1_text_model", "transformer_text_model")
                 sd_module = shared.sd_model.network_layer_mapping.get(key, None)
@@ -268,9 +268,9 @@ def network_restore_weights_from_backup(self):
 
 
 def network_apply_weights(self):
-    """Applies the currently selected set of networks to the weights of torch layer self.
-    If weights already have this particular set of networks applied, does nothing.
-    If not, restores original weights from backup and alters weights according to networks."""
+    """Merge the loaded networks into this layer's weights, lazily (reference §2.4): nothing to do when
+    the layer's last merge used the same (name, te, unet, dyn) tuple; otherwise restore the backup and
+    add every loaded network's delta."""
     network_layer_name = getattr(self, "network_layer_name", None)
     if network_layer_name is None:
         return
@@ -311,7 +311,7 @@ def network_apply_weights(self):
                         bias = self.bias
                         updown, ex_bias = module.calc_updown(weight)
                         if len(weight.shape) == 4 and weight.shape[1] == 9:
-                            # inpainting model: zero pad updown to make channel[1] 4 to 9
+                            # 9-channel inpainting conv: the delta covers the first 4 input channels
                             updown = torch.nn.functional.pad(updown, (0, 0, 0, 0, 0, 5))
                         self.weight.copy_((weight.to(dtype=updown.dtype) + updown).to(dtype=self.weight.dtype))
                         if ex_bias is not None and hasattr(self, "bias"):
@@ -359,7 +359,7 @@ def network_apply_weights(self):
 
 
 def network_forward(org_module, input, original_forward):
-    """Old way of applying Lora by executing operations during layer's forward (lora_functional)."""
+    """Functional mode (setting lora_functional): the original forward plus each network's own forward."""
     if len(loaded_networks) == 0:
         return original_forward(org_module, input)
     input = devices.cond_cast_unet(input)
@@ -452,12 +452,12 @@ def process_network_files(names=None):
         if os.path.isdir(filename):
             continue
         name = os.path.splitext(os.path.basename(filename))[0]
-        # if names is provided, only load networks with names in the list
+        # a partial rescan looks only at the given names
         if names and name not in names:
             continue
         try:
             entry = network.NetworkOnDisk(name, filename)
-        except OSError:  # should catch FileNotFoundError and PermissionError etc.
+        except OSError:  # unreadable or vanished file: reported, the scan goes on
             errors.report(f"Failed to load network {name} from {filename}", exc_info=True)
             continue
         available_networks[name] = entry
