@@ -223,3 +223,21 @@ def test_old_forge_networks_with_a1111_names_as_stubs_is_named(host_factory, sd1
     res = host.txt2img("x <ljl:J:1>", seed=1)
     assert "applies LoRA another way (Forge?)" in res.comments
     assert stub.loaded_networks == []
+
+
+def test_forge2_lora_extension_is_named(host_factory, sd1_loras, monkeypatch, tmp_path):
+    """Current Forge: `networks` comes from extensions-builtin/sd_forge_lora (canonical name
+    sd_forge_lora, so no `lora` extension entry), without `network_apply_weights` or
+    `originals`, and there is no `network_lora` module (A1111_HOST_API.md §9.1)."""
+    import types
+    host = host_factory("sd1", lora_dir=sd1_loras["J"].parent)
+    from modules import extensions, paths_internal
+    forge = types.ModuleType("networks")
+    forge.loaded_networks = []
+    forge.load_networks = lambda *a, **k: None
+    monkeypatch.setitem(sys.modules, "networks", forge)
+    monkeypatch.delitem(sys.modules, "network_lora")
+    monkeypatch.setattr(extensions, "extensions", [e for e in extensions.extensions if e.name != "Lora"])
+    monkeypatch.setattr(paths_internal, "extensions_builtin_dir", str(tmp_path))
+    res = host.txt2img("x <ljl:J:1>", seed=1)
+    assert "applies LoRA another way (Forge?)" in res.comments

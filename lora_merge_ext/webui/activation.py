@@ -17,7 +17,6 @@ from . import infotext, notify, runtime_state
 from .host_lora import LoraUnavailable, lora_modules
 from .lookup import find_on_disk
 from .network_build import build_network, digest
-from .runtime_state import reset  # noqa: F401  (register.py and tests use activation.reset)
 from .tag_request import read_tag, tag_text
 
 TAG = "ljl"

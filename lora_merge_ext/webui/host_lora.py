@@ -70,15 +70,15 @@ OTHER_WAY = ("this WebUI's Lora extension applies LoRA another way (Forge?); "
              "<ljl> tags need the AUTOMATIC1111 1.9/1.10 Lora extension")
 
 
-def _not_patching(networks, network, network_lora) -> str | None:
-    """Why these modules would not merge ``loaded_networks`` into the model's layers, else None.
+def _not_patching(networks) -> str | None:
+    """Why this ``networks`` would not merge ``loaded_networks`` into the model's layers, else None.
 
-    Old Forge and reForge keep A1111's names (``network_apply_weights`` …) as no-op stubs and an
-    empty ``LoraPatches`` class; on A1111 ``networks.originals`` holds the saved torch forwards, set
-    when the extension's ``lora_script.py`` patches the layer classes (A1111_HOST_API.md §2.5, §9.2).
+    Current Forge has no ``network_apply_weights``; old Forge and reForge keep A1111's names as
+    no-op stubs and an empty ``LoraPatches`` class; on A1111 ``networks.originals`` holds the saved
+    torch forwards, set when the extension's ``lora_script.py`` patches the layer classes
+    (A1111_HOST_API.md §2.5, §9.1-9.3).
     """
-    if not (hasattr(networks, "loaded_networks") and callable(getattr(networks, "network_apply_weights", None))
-            and hasattr(network, "Network") and hasattr(network_lora, "NetworkModuleLora")):
+    if not (hasattr(networks, "loaded_networks") and callable(getattr(networks, "network_apply_weights", None))):
         return OTHER_WAY
     originals = getattr(networks, "originals", None)
     if originals is None:
@@ -94,13 +94,19 @@ def lora_modules() -> SimpleNamespace:
     reason = unavailable_reason()
     if reason:
         raise LoraUnavailable(reason)
+    if "networks" in sys.modules:  # the host's own: judge it before importing anything beside it
+        reason = _not_patching(sys.modules["networks"])
+        if reason:
+            raise LoraUnavailable(reason)
     if not all(name in sys.modules for name in ("networks", "network", "network_lora")):
         try:
             _import_from_builtin_folder()
         except ImportError as exc:
             raise LoraUnavailable(f"the built-in Lora extension could not be imported ({exc})") from None
     networks, network, network_lora = (sys.modules[n] for n in ("networks", "network", "network_lora"))
-    reason = _not_patching(networks, network, network_lora)
+    reason = _not_patching(networks)
+    if not reason and not (hasattr(network, "Network") and hasattr(network_lora, "NetworkModuleLora")):
+        reason = OTHER_WAY
     if reason:
         raise LoraUnavailable(reason)
     return SimpleNamespace(networks=networks, network=network, network_lora=network_lora)
