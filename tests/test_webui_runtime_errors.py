@@ -107,3 +107,17 @@ def test_a_failing_lora_handler_beside_an_ljl_tag(sd1):
         assert_close(outputs(res, i), outputs(ref, i))
     plain = outputs(sd1.txt2img("x", seed=3))
     assert_identical(outputs(sd1.txt2img("x <lora:C:1:MIDD>", seed=3)), plain)
+
+
+def test_a_listed_file_that_vanished_is_a_one_line_report(host_factory, sd1_loras, tmp_path, capsys):
+    import shutil
+    lora_dir = tmp_path / "Lora"
+    shutil.copytree(sd1_loras["J"].parent, lora_dir)
+    host = host_factory("sd1", lora_dir=lora_dir)
+    host.txt2img("x <ljl:K:1>", seed=1)                      # both listed by the host
+    (lora_dir / "K.safetensors").unlink()                    # gone before the next generation reads it
+    capsys.readouterr()
+    res = host.txt2img("x <ljl:K:1> <ljl:J:0,1>", seed=1)
+    assert "K.safetensors: cannot read file" in res.comments
+    assert "Error" not in res.comments and "Traceback" not in capsys.readouterr().err
+    assert_close(outputs(res), outputs(host.txt2img("x <lora:B:1>", seed=1)))

@@ -327,3 +327,14 @@ def test_sdxl_lbw_is_checked_against_the_file_family(sdxl, count_runs):
     assert not res.errors
     assert_identical(outputs(res.cells[1, 0, 0]), single(host, f"a <ljl:J:1:lbw={sdxl12}>"))
     assert_differs(outputs(res.cells[0, 0, 0]), outputs(res.cells[1, 0, 0]))
+
+
+def test_a_listed_lora_that_vanished_is_a_one_line_confirm_error(host_factory, sd1_loras, tmp_path):
+    import shutil
+    lora_dir = tmp_path / "Lora"
+    shutil.copytree(sd1_loras["J"].parent, lora_dir)
+    host = host_factory("sd1", lora_dir=lora_dir, root_scripts=(XYZ_PATH,))
+    (lora_dir / "K.safetensors").unlink()                    # listed at start, gone now
+    with pytest.raises(LoraMergeError, match=r"^LJL Σ vector: .*K\.safetensors: cannot read file") as caught:
+        grid(host, "a <ljl:K:1>", x=(SIGMA, "1 | 0"))
+    assert "\n" not in str(caught.value)

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .. import loading
+from ..errors import LoraMergeError
 from ..lora_file import LoraFile
 
 
@@ -27,8 +28,12 @@ class LoraFileCache:
         self._entries: "OrderedDict[str, CachedFile]" = OrderedDict()
 
     def get(self, path: str) -> CachedFile:
-        """The file's LoraFile, read from disk only when not cached or changed on disk."""
-        identity = identity_of(path)
+        """The file's LoraFile, read from disk only when not cached or changed on disk; LoraMergeError
+        when it cannot be read (also when it vanished after the host listed it)."""
+        try:
+            identity = identity_of(path)
+        except OSError as exc:
+            raise LoraMergeError(f"{path}: cannot read file: {exc.strerror or exc}") from None
         key = identity[0]
         cached = self._entries.get(key)
         if cached is None or cached.identity != identity:

@@ -102,9 +102,6 @@ def _info(axis: str, tag):
         return lora_info(tag.name)
     except LoraMergeError as exc:
         raise _fail(axis, None, exc) from None
-    except OSError as exc:  # listed by the host, then moved or unreadable
-        raise _fail(axis, None, LoraMergeError(f"cannot read the LoRA '{show(tag.name)}' "
-                                               f"({exc.strerror or exc})")) from None
 
 
 # --- Σ vector axis ----------------------------------------------------------------------
