@@ -13,7 +13,6 @@ from .errors import LoraMergeError
 from .layout import layout_of
 from .lbw import parse_lbw
 from .lora_file import LoraFile
-from .presets import load_presets
 from .realize import module_coefficients
 from .sigma import parse_sigma, show
 
@@ -28,7 +27,7 @@ class LiveLora:
                  te: float = 1.0, unet: float = 1.0, strict: bool = False):
         """Every input is checked before a hook is put on the model, so bad input changes nothing."""
         self.lora, self.layout = lora, layout_of(lora)
-        self.block_weights = parse_lbw(lbw, lora.family, load_presets()) if lbw else None
+        self.block_weights = parse_lbw(lbw, lora.family) if lbw else None  # preset.txt read for names only
         self.te, self.unet = te, unet
         self.layers = _match_layers(model, lora)
         missing = sorted(set(lora.modules) - set(self.layers))

@@ -170,3 +170,26 @@ def test_a_bad_sigma_in_apply_lora_leaves_the_model_as_it_was(joined):
     assert torch.equal(model(x, img)[0], before[0])         # the LoRA applied before stays as it was
     model._ljl_live_lora.remove()
     assert torch.equal(model(x, img)[0], plain[0])
+
+
+def test_live_lbw_numbers_do_not_need_the_preset_file(joined, monkeypatch, tmp_path):
+    from lora_merge_ext import presets
+    monkeypatch.setattr(presets, "DEFAULT_PATH", tmp_path / "no_preset.txt")
+    _, _, j = joined
+    lora = api.load(j)
+    model = TinyUNet()
+    lbw = "1,0.5,0.25,1,0,1,1,1,1,1,1,1,1,1,1,1,1"
+    live = apply_lora(model, lora, "1,0", lbw=lbw)
+    from lora_merge_ext.layout import layout_of
+    from lora_merge_ext.lbw import parse_lbw
+    from lora_merge_ext.realize import realize_lora
+    from lora_merge_ext.sigma import parse_sigma
+    layout = layout_of(lora)
+    want = realize_lora(lora, layout, parse_sigma("1,0", layout), parse_lbw(lbw, lora.family)).modules
+    k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
+    x = torch.randn(5, 320)
+    layer = model.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_k
+    assert torch.allclose(layer(x), x @ (layer.weight + want[k].delta()).T, atol=1e-4)
+    with pytest.raises(LoraMergeError, match="cannot read the preset file"):
+        apply_lora(model, lora, "1,0", lbw="MIDD")             # a name does need it, and says so
+    live.remove()
