@@ -13,7 +13,6 @@ from .loading import load_lora
 from .lora_file import LoraFile
 from .merge import MergeResult, canonical_mode, input_lbw_specs, input_weights, merge_loras
 from .output_metadata import output_metadata
-from .presets import load_presets
 from .realize import realize_lora
 from .safetensors_write import save_safetensors_atomic
 from .sigma import parse_sigma
@@ -44,8 +43,6 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
     target = torch_dtype(dtype)
     loras = [x if isinstance(x, LoraFile) else load_lora(x) for x in inputs]
     names = component_names(loras)
-    if presets is None and lbw is not None:
-        presets = load_presets()
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
                          energy=energy, device=device, presets=presets, progress=progress, report=report,
                          dtype=target)
@@ -70,7 +67,7 @@ def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float
     per_rank = parse_sigma(sigma, layout) if isinstance(sigma, str) else [float(v) for v in sigma]
     if len(per_rank) != layout.total_rank:
         raise LoraMergeError(f"Σ has {len(per_rank)} values; expected {layout.total_rank} (one per rank)")
-    weights = parse_lbw(lbw, lora.family, presets if presets is not None else load_presets()) if lbw else None
+    weights = parse_lbw(lbw, lora.family, presets) if lbw else None  # preset.txt is read for names only
     out = realize_lora(lora, layout, per_rank, weights, te, unet)
     source = {"file": os.path.basename(lora.path) if lora.path else None,
               "sha256": lora.file_hash()}

@@ -9,6 +9,7 @@ import torch
 from .errors import LoraMergeError
 from .family import detect_family
 from .key_names import is_sgm_name, sdxl_unet_to_sgm, split_key, unsupported_type
+from .finite_check import find_nonfinite
 from .lora_file import LoraFile, LoraModule
 from .safetensors_io import read_state_file
 
@@ -20,43 +21,44 @@ def load_lora(path: str | os.PathLike) -> LoraFile:
     """Read a LoRA (kohya, LoCon, Tucker or PEFT/diffusers keys; fp32/fp16/bf16) from a file."""
     path = os.fspath(path)
     loaded = read_state_file(path)
-    lora = lora_from_state_dict(loaded.tensors, loaded.metadata, path)
+    lora = lora_from_state_dict(loaded.tensors, loaded.metadata, path, nonfinite=loaded.nonfinite_keys())
     lora.digest = loaded.digest
     return lora
 
 
 def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                         where: str | None = None) -> LoraFile:
-    """Build a LoraFile from a state dict; raises LoraMergeError naming the problem."""
+                         where: str | None = None, *, nonfinite: list[str] | None = None) -> LoraFile:
+    """Build a LoraFile from a state dict; raises LoraMergeError naming the problem.
+    nonfinite: the keys holding NaN or Inf, when the caller has already looked (else they are found here)."""
     label = where or "LoRA"
+    bad_ids = {id(tensors[k]) for k in (find_nonfinite(tensors) if nonfinite is None else nonfinite)}
     groups = _group(tensors, label)
     downs = {m: g["down"] for m, g in groups.items() if "down" in g}
     family = detect_family(downs, metadata)
     modules: dict[str, LoraModule] = {}
+    bad: list[str] = []
     for raw, roles in groups.items():
         name = _kohya_name(raw, family)
         if name in modules:
             raise LoraMergeError(f"{label}: module {name} appears twice (under two key forms)")
         modules[name] = _module(name, roles, label)
-    bad = _nonfinite_modules(modules)
+        if _holds_nonfinite(roles, modules[name], bad_ids):
+            bad.append(name)
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise LoraMergeError(f"{label}: NaN or Inf values in {', '.join(bad[:3])}{more}")
     return LoraFile(modules=modules, metadata=dict(metadata), family=family, path=where)
 
 
-def _nonfinite_modules(modules: dict[str, LoraModule]) -> list[str]:
-    """Names of the modules holding a NaN or an Inf.  One sum per tensor, stacked per dtype and checked
-    at once (NaN and Inf propagate); a tensor whose sum is not finite (or overflowed) is checked fully."""
-    by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
-    for name, m in modules.items():
-        for t in (m.up, m.down):
-            by_dtype.setdefault(t.dtype, []).append((name, t))
-    bad = {name for name, m in modules.items() if m.alpha is not None and not math.isfinite(m.alpha)}
-    for items in by_dtype.values():
-        sums = torch.isfinite(torch.stack([t.sum() for _, t in items])).tolist()
-        bad.update(name for (name, t), ok in zip(items, sums) if not ok and not bool(torch.isfinite(t).all()))
-    return [name for name in modules if name in bad]
+def _holds_nonfinite(roles: dict[str, torch.Tensor], module: LoraModule, bad_ids: set[int]) -> bool:
+    """A NaN or Inf in the module's tensors as read, or in the factors derived from them (a float64
+    factor narrowed to float32 or a folded Tucker core can overflow)."""
+    if any(id(t) in bad_ids for t in roles.values()):
+        return True
+    if module.alpha is not None and not math.isfinite(module.alpha):
+        return True
+    derived = [f for f, role in ((module.down, "down"), (module.up, "up")) if f.dtype != roles[role].dtype or "mid" in roles]
+    return any(not bool(torch.isfinite(f).all()) for f in derived)
 
 
 def _stored(t: torch.Tensor) -> torch.Tensor:

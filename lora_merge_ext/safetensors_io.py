@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 
 import torch
 
+from .finite_check import find_nonfinite, runs_are_finite
 from .pickle_io import read_pickled_state_dict
 from .safetensors_header import (DTYPE_SIZES, TensorInfo, fail, open_input_file, parse_header, read_header,
                                  read_header_length, show)
@@ -56,29 +57,49 @@ class DataDigest:
 @dataclass
 class TensorFile:
     """What a LoRA file holds: tensors as stored, metadata, and (for safetensors) the addnet hash of
-    the bytes that were read."""
+    the bytes that were read and the buffer the tensors share, split into runs of one dtype."""
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
     digest: DataDigest | None = None
+    buffer: torch.Tensor | None = None
+    runs: list[tuple[torch.dtype, int, int]] | None = None
+
+    def nonfinite_keys(self) -> list[str]:
+        """Keys of the float tensors holding a NaN or an Inf (a clean file is proven clean run by run)."""
+        if self.buffer is not None and runs_are_finite(self.buffer, self.runs):
+            return []
+        return find_nonfinite(self.tensors)
 
 
-def _tensor_from_bytes(buf, info: TensorInfo, offset: int = 0) -> torch.Tensor:
-    """A tensor over info.nbytes of buf at offset (shared memory when aligned and little-endian)."""
+def _tensor_from_bytes(buf: torch.Tensor, info: TensorInfo, offset: int = 0) -> torch.Tensor:
+    """A tensor over info.nbytes of the uint8 buffer at offset (shared memory when aligned and little-endian)."""
     dtype = TORCH_DTYPES[info.dtype]
     if info.nbytes == 0:
         return torch.empty(info.shape, dtype=dtype)
+    raw = buf[offset:offset + info.nbytes]
     size = DTYPE_SIZES[info.dtype]
     if sys.byteorder == "big" and size > 1:  # safetensors stores little-endian
-        raw = torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes, offset=offset)
-        return raw.view(-1, size).flip(1).contiguous().view(dtype).reshape(info.shape)
-    if offset % size:  # misaligned in the file: copy into an aligned buffer
-        buf, offset = bytearray(memoryview(buf)[offset:offset + info.nbytes]), 0
-    return torch.frombuffer(buf, dtype=dtype, count=info.nbytes // size, offset=offset).reshape(info.shape)
+        raw = raw.view(-1, size).flip(1)
+    if offset % size or not raw.is_contiguous():  # misaligned in the file: copy into an aligned buffer
+        raw = raw.clone()
+    return raw.view(dtype).reshape(info.shape)
 
 
-def _check_bool(path, key: str, info: TensorInfo, buf, offset: int) -> None:
-    if info.dtype == "BOOL" and info.nbytes and max(memoryview(buf)[offset:offset + info.nbytes]) > 1:
+def _check_bool(path, key: str, info: TensorInfo, buf: torch.Tensor, offset: int) -> None:
+    if info.dtype == "BOOL" and info.nbytes and int(buf[offset:offset + info.nbytes].max()) > 1:
         raise fail(path, f"tensor {show(key)!r}: BOOL data holds bytes other than 0 and 1")
+
+
+def _runs(parsed) -> list[tuple[torch.dtype, int, int]]:
+    """(dtype, begin, end) for each stretch of the data section holding tensors of one dtype."""
+    runs: list[list] = []
+    for info in sorted(parsed.tensors.values(), key=lambda i: i.offsets):
+        dtype = TORCH_DTYPES[info.dtype]
+        if runs and runs[-1][0] == dtype and runs[-1][2] == info.offsets[0]:
+            runs[-1][2] = info.offsets[1]
+        else:
+            runs.append([dtype, *info.offsets])
+    return [tuple(r) for r in runs]
 
 
 def _read_into(f, buf, path, what: str) -> None:
@@ -98,17 +119,18 @@ def read_tensor_file(path: os.PathLike | str, *, digest: bool = False) -> Tensor
     with f:
         if size != parsed.file_size:
             raise fail(path, "file changed while it was being read")
-        data = bytearray(size - parsed.data_start)
+        data = torch.empty(size - parsed.data_start, dtype=torch.uint8)  # not zero-filled: read over at once
         try:
             f.seek(parsed.data_start)
         except OSError as e:
             raise fail(path, f"cannot read file: {e.strerror or e}") from None
-        _read_into(f, data, path, "the tensor data")
+        _read_into(f, memoryview(data.numpy()), path, "the tensor data")
     tensors = {}
     for key, info in parsed.tensors.items():
         _check_bool(path, key, info, data, info.offsets[0])
         tensors[key] = _tensor_from_bytes(data, info, info.offsets[0])
-    return TensorFile(tensors, dict(parsed.metadata), DataDigest(memoryview(data)) if digest else None)
+    return TensorFile(tensors, dict(parsed.metadata), DataDigest(memoryview(data.numpy())) if digest else None,
+                      data, _runs(parsed))
 
 
 def read_safetensors(path: os.PathLike | str, keys: Iterable[str] | None = None
@@ -130,12 +152,12 @@ def read_safetensors(path: os.PathLike | str, keys: Iterable[str] | None = None
             raise fail(path, "file changed while it was being read")
         for key in sorted(wanted, key=lambda k: parsed.tensors[k].offsets):
             info = parsed.tensors[key]
-            buf = bytearray(info.nbytes)
+            buf = torch.empty(info.nbytes, dtype=torch.uint8)
             try:
                 f.seek(parsed.data_start + info.offsets[0])
             except OSError as e:
                 raise fail(path, f"cannot read file: {e.strerror or e}") from None
-            _read_into(f, buf, path, f"tensor {show(key)!r}")
+            _read_into(f, memoryview(buf.numpy()), path, f"tensor {show(key)!r}")
             _check_bool(path, key, info, buf, 0)
             tensors[key] = _tensor_from_bytes(buf, info)
     return {key: tensors[key] for key in wanted}, dict(parsed.metadata)
@@ -159,19 +181,6 @@ def read_state_dict(path: os.PathLike | str) -> tuple[dict[str, torch.Tensor], d
     """(tensors, metadata) from .safetensors or a pickled file (see read_state_file)."""
     loaded = read_state_file(path, digest=False)
     return loaded.tensors, loaded.metadata
-
-
-def find_nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    """Keys of the floating-point tensors that hold a NaN or an infinity."""
-    bad = []
-    for key, t in tensors.items():
-        if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
-            continue
-        if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-            t = t.float()
-        if not bool(torch.isfinite(t).all()):
-            bad.append(key)
-    return bad
 
 
 # --- hashes ----------------------------------------------------------------------------------

@@ -72,15 +72,24 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(raw.numpy())
 
 
-def header_bytes(entries: list[tuple[str, torch.Tensor]], metadata: dict[str, str] | None) -> bytes:
-    """The 8-byte length and the JSON header, padded with spaces to a multiple of 8 as safetensors does."""
-    header: dict[str, object] = {} if metadata is None else {"__metadata__": metadata}
+def entries_json(entries: list[tuple[str, torch.Tensor]]) -> str:
+    """The tensor entries of the header (dtype, shape, data_offsets), as JSON members without braces."""
+    table: dict[str, object] = {}
     at = 0
     for name, t in entries:
         end = at + t.numel() * t.element_size()
-        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [at, end]}
+        table[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [at, end]}
         at = end
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(table, separators=(",", ":"), ensure_ascii=False)[1:-1]
+
+
+def header_bytes(entries: str, metadata: dict[str, str] | None) -> bytes:
+    """The 8-byte length and the JSON header (metadata first, then the entries), padded with spaces to
+    a multiple of 8 as safetensors does."""
+    members = [entries] if entries else []
+    if metadata is not None:
+        members.insert(0, '"__metadata__":' + json.dumps(metadata, separators=(",", ":"), ensure_ascii=False))
+    text = ("{" + ",".join(members) + "}").encode("utf-8")
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text
 
@@ -104,7 +113,7 @@ def _byte_range(parts: Iterable[memoryview], start: int, stop: int) -> bytes:
     return b"".join(out)
 
 
-def _kohya_legacy_hash(entries, views, metadata: dict[str, str]) -> str:
+def _kohya_legacy_hash(entries: str, views, metadata: dict[str, str]) -> str:
     """sshs_legacy_hash as kohya computes it: on the file these tensors make with only the ss_* metadata."""
     head = header_bytes(entries, {k: v for k, v in metadata.items() if k.startswith("ss_")})
     window = _byte_range([memoryview(head), *views], LEGACY_HASH_OFFSET, LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH)
@@ -143,8 +152,9 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mappi
     protect = list(protect)
     meta = _check_metadata(metadata, path)
     check_target(path, overwrite=overwrite, protect=protect)
-    entries = _prepare(tensors, path)
-    views = [tensor_bytes(t) for _, t in entries]
+    prepared = _prepare(tensors, path)
+    views = [tensor_bytes(t) for _, t in prepared]
+    entries = entries_json(prepared)
     meta["sshs_legacy_hash"] = _kohya_legacy_hash(entries, views, meta)
     meta["sshs_model_hash"] = _HASH_PLACEHOLDER
     head_length = len(header_bytes(entries, meta))

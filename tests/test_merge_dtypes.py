@@ -77,3 +77,17 @@ def test_report_measures_the_rounded_factors(half_pair):
     narrow = api.merge([a, b], mode="svd", rank=6, dtype="fp16").report
     assert wide.summary()["max_error"] < 1e-5
     assert 1e-5 < narrow.summary()["max_error"] < 5e-3
+
+
+def test_numeric_lbw_does_not_need_the_preset_file(half_pair, monkeypatch, tmp_path):
+    """merge and realize read preset.txt only for a preset name."""
+    from lora_merge_ext import presets
+    from lora_merge_ext.errors import LoraMergeError
+    monkeypatch.setattr(presets, "DEFAULT_PATH", tmp_path / "no_preset.txt")
+    a, b = half_pair
+    lbw = "1,0.5,0.25,1,0,1,1,1,1,1,1,1,1,1,1,1,1"
+    joined = api.merge([a, b], lbw=[lbw, ""]).lora
+    api.realize(joined, "1,0", lbw=lbw)
+    for call in (lambda: api.merge([a, b], lbw=["MIDD", ""]), lambda: api.realize(joined, "1,0", lbw="MIDD")):
+        with pytest.raises(LoraMergeError, match="cannot read the preset file"):
+            call()

@@ -1,0 +1,49 @@
+"""NaN/Inf detection: the exponent-bit check over a file's buffer and the per-tensor sums agree with
+torch.isfinite on every float dtype, including values whose sum overflows."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lora_merge_ext.finite_check import find_nonfinite, runs_are_finite
+from lora_merge_ext.safetensors_io import read_tensor_file
+
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+SPECIALS = [float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("special", [None, *SPECIALS])
+def test_exponent_bits_agree_with_isfinite(dtype, special):
+    big = torch.finfo(dtype).max
+    x = torch.tensor([0.0, -0.0, 1e-30, -big, big, torch.finfo(dtype).tiny / 4, 3.5], dtype=dtype)
+    if special is not None:
+        x[4] = special
+    raw = x.view(torch.uint8)
+    assert runs_are_finite(raw, [(dtype, 0, raw.numel())]) == bool(torch.isfinite(x).all())
+    assert find_nonfinite({"x": x}) == ([] if special is None else ["x"])
+
+
+def test_sums_that_overflow_are_not_mistaken_for_infinities():
+    tensors = {"huge16": torch.full((1000,), 60000.0, dtype=torch.float16),
+               "huge32": torch.full((10,), 3e38), "ok": torch.ones(3, dtype=torch.bfloat16)}
+    assert find_nonfinite(tensors) == []
+    tensors["huge32"][3] = float("nan")
+    assert find_nonfinite(tensors) == ["huge32"]
+
+
+def test_float8_and_misaligned_runs_are_not_claimed_clean():
+    x = torch.zeros(8, dtype=torch.float8_e4m3fn)
+    assert runs_are_finite(x.view(torch.uint8), [(torch.float8_e4m3fn, 0, 8)]) is False
+    assert runs_are_finite(torch.zeros(9, dtype=torch.uint8), [(torch.float16, 1, 9)]) is False
+    assert runs_are_finite(torch.zeros(4, dtype=torch.uint8), [(torch.int32, 0, 4)]) is True
+
+
+@pytest.mark.parametrize("where", ["a16", "b32", "c64", "dbf"])
+def test_file_with_several_dtypes_names_the_bad_tensor(tmp_path, where):
+    tensors = {"a16": torch.randn(50, 7).half(), "b32": torch.randn(9), "c64": torch.randn(3, 3).double(),
+               "dbf": torch.randn(40).bfloat16(), "e8": torch.arange(5, dtype=torch.int8)}
+    save_file(tensors, tmp_path / "clean.safetensors")
+    assert read_tensor_file(tmp_path / "clean.safetensors").nonfinite_keys() == []
+    tensors[where].view(-1)[-1] = float("inf")
+    save_file(tensors, tmp_path / "bad.safetensors")
+    assert read_tensor_file(tmp_path / "bad.safetensors").nonfinite_keys() == [where]
