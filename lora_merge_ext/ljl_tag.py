@@ -148,7 +148,10 @@ def rewrite_prompt(prompt: str, name: str | None, edit: Callable[[LjlTag], LjlTa
 def csv_values(text: str) -> list[str]:
     """Comma-separated values the way the X/Y/Z plot reads them (CSV, double quotes may hold commas)."""
     rows = csv.reader(io.StringIO(text or ""), skipinitialspace=True)
-    return [field.strip() for row in rows for field in row]
+    try:
+        return [field.strip() for row in rows for field in row]
+    except csv.Error as exc:
+        raise LoraMergeError(f"axis values '{show(text)}' cannot be read as comma-separated values ({exc})") from None
 
 
 def _unquote(value: str) -> str:
@@ -207,16 +210,23 @@ def _linspace(start: float, end: float, count: int) -> list[float]:
     return [start + (end - start) * i / (count - 1) for i in range(count)]
 
 
+MAX_RANGE_VALUES = 1000
+
+
 def _stepped(start: float, end: float, step: float, entry: str) -> list[float]:
     if step == 0:
         raise LoraMergeError(f"range '{show(entry)}' has a step of 0")
     span = (end - start) / step
     if span < -1e-9:
         raise LoraMergeError(f"range '{show(entry)}' gives no values (the step goes away from the end)")
+    if not span + 1 <= MAX_RANGE_VALUES + 1e-9:  # counted before any list is built (also catches inf)
+        raise LoraMergeError(f"range '{show(entry)}' gives more than {MAX_RANGE_VALUES} values")
     return [round(start + i * step, 10) for i in range(int(math.floor(span + 1e-9)) + 1)]
 
 
-MAX_RANGE_VALUES = 1000
+def _finite_range(numbers: Sequence[float], entry: str) -> None:
+    if not all(math.isfinite(v) for v in numbers):
+        raise LoraMergeError(f"range '{show(entry)}' has a number that is too large")
 
 
 def expand_numbers(text: str) -> list[float]:
@@ -231,6 +241,7 @@ def expand_numbers(text: str) -> list[float]:
             continue
         start, end = float(m.group(1)), float(m.group(2))
         sign, paren, bracket = m.group(3), m.group(4), m.group(5)
+        _finite_range([start, end], entry)
         if bracket is not None or (paren is not None and not sign):
             count_text = bracket if bracket is not None else paren
             if not count_text.isdigit() or int(count_text) < 1:
@@ -242,10 +253,7 @@ def expand_numbers(text: str) -> list[float]:
             out.extend(round(v, 10) for v in _linspace(start, end, count))
         else:
             step = float(sign + paren) if paren is not None else (1.0 if end >= start else -1.0)
-            values = _stepped(start, end, step, entry)
-            if len(values) > MAX_RANGE_VALUES:
-                raise LoraMergeError(f"range '{show(entry)}' gives {len(values)} values; at most {MAX_RANGE_VALUES}")
-            out.extend(values)
+            out.extend(_stepped(start, end, step, entry))
     return out
 
 

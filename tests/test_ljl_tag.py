@@ -162,6 +162,34 @@ def test_expand_numbers_errors(text, message):
         expand_numbers(text)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("0-1 (+0." + "0" * 320 + "1)", "more than 1000 values"),  # a step so small the count overflows
+    ("0-" + "9" * 400, "too large"),  # an end beyond float range
+    ("0-" + "9" * 400 + " [3]", "too large"),  # was [nan, inf, inf]
+    ("0-1000 (+0.5)", "more than 1000 values"),
+])
+def test_expand_numbers_refuses_ranges_too_large(text, message):
+    with pytest.raises(LoraMergeError, match=re.escape(message)):
+        expand_numbers(text)
+
+
+def test_a_huge_stepped_range_is_refused_before_any_list_is_built():
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        with pytest.raises(LoraMergeError, match="more than 1000 values"):
+            expand_numbers("0-2000000")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+def test_an_over_long_csv_field_is_a_one_line_error():
+    with pytest.raises(LoraMergeError, match="comma-separated"):
+        split_values('"' + "1" * 200_000 + '"')
+
+
 def test_format_weight():
     assert [format_weight(v) for v in (0.25, 1.0, -0.5, 0.1 + 0.2, -0.0, 2e-9, 3)] == \
         ["0.25", "1", "-0.5", "0.3", "0", "0", "3"]
