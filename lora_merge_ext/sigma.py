@@ -21,6 +21,7 @@ per-rank vector applies to the module's first ranks (see ``JoinLayout.module_vec
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Sequence
 
@@ -77,16 +78,6 @@ def _expand(pairs: list[tuple[float, int]]) -> list[float]:
     return out
 
 
-def expand_numbers(text: str, max_len: int) -> list[float]:
-    """A comma list with `v*n` repeats as floats; LoraMergeError when it has more than max_len values."""
-    what = f"'{show(text)}'"
-    pairs = _entries(text, what)
-    total = sum(count for _, count in pairs)
-    if total > max_len:
-        raise LoraMergeError(f"{what} has {total} values; at most {max_len} allowed")
-    return _expand(pairs)
-
-
 def _expected(n_comp: int, total: int) -> str:
     """The accepted lengths, in words, for an error message."""
     if n_comp == total:
@@ -125,18 +116,28 @@ def _parse_named(text: str, layout, what: str) -> list[float]:
     return _per_component([chosen.get(n, 0.0) for n in names], layout)
 
 
+def _numbers_text(value) -> str:
+    """A number or a sequence of numbers as a comma list; LoraMergeError for anything else."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        items = [value] if isinstance(value, numbers.Real) else list(value)
+        if any(isinstance(v, bool) for v in items):
+            raise TypeError
+        return ",".join(repr(float(v)) for v in items)
+    except (TypeError, ValueError):
+        raise LoraMergeError(f"Σ vector {show(repr(value))} is not a Σ string or a list of numbers") from None
+
+
 def parse_sigma(text, layout) -> list[float]:
     """The per-rank Σ vector (length layout.total_rank) that a Σ string means for this layout.
 
-    `text` is a Σ string; a number or a sequence of numbers is also accepted (read as the same list).
+    `text` is a Σ string; a number or a sequence of numbers (list, tuple, numpy array, 1-d tensor)
+    is also accepted and read as the same list.
     """
-    if isinstance(text, (int, float, list, tuple)) and not isinstance(text, bool):
-        try:
-            items = text if isinstance(text, (list, tuple)) else [text]
-            text = ",".join(repr(float(v)) for v in items)
-        except (TypeError, ValueError):
-            raise LoraMergeError(f"Σ vector {show(repr(text))} is not a list of numbers") from None
-    if not isinstance(text, str) or not text.strip():
+    if text is not None and not isinstance(text, str):
+        text = _numbers_text(text)
+    if text is None or not text.strip():
         raise LoraMergeError("Σ vector is empty; expected a number, one per component or one per rank")
     what = f"Σ vector '{show(text)}'"
     if "=" in text:

@@ -3,7 +3,7 @@ import pytest
 
 from lora_merge_ext.errors import LoraMergeError
 from lora_merge_ext.layout import Component, JoinLayout
-from lora_merge_ext.sigma import expand_numbers, format_sigma, parse_number, parse_sigma
+from lora_merge_ext.sigma import format_sigma, parse_number, parse_sigma
 
 TWO = JoinLayout([Component("style", 2), Component("face", 3)])      # total rank 5
 JOIN24 = JoinLayout([Component("a", 4), Component("b", 20)])           # the DESIGN example
@@ -59,6 +59,20 @@ def test_python_values_accepted():
     assert parse_sigma(0.5, TWO) == [0.5] * 5
     assert parse_sigma([1, 0], TWO) == [1.0, 1.0, 0.0, 0.0, 0.0]
     assert parse_sigma((1, 2, 3, 4, 5), TWO) == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_arrays_and_tensors_are_read_like_lists():
+    import numpy as np
+    import torch
+    assert parse_sigma(np.array([1.0, 0.0]), TWO) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert parse_sigma(torch.tensor([0.5, 1.0]), TWO) == [0.5, 0.5, 1.0, 1.0, 1.0]
+    assert parse_sigma(np.float32(2.0), TWO) == [2.0] * 5
+
+
+@pytest.mark.parametrize("value", [True, [1, None], {"a": 1}, object()])
+def test_values_that_are_not_numbers_say_so(value):
+    with pytest.raises(LoraMergeError, match="is not a Σ string or a list of numbers"):
+        parse_sigma(value, TWO)
 
 
 @pytest.mark.parametrize("text, words", [
@@ -136,15 +150,6 @@ def test_long_value_is_shortened_in_message():
         parse_sigma(text, TWO)
     assert "has 1000 values" in str(info.value)
     assert len(str(info.value)) < 200
-
-
-def test_expand_numbers():
-    assert expand_numbers("1*3,0.5", 4) == [1.0, 1.0, 1.0, 0.5]
-    assert expand_numbers("-1", 1) == [-1.0]
-    with pytest.raises(LoraMergeError, match="has 5 values; at most 4 allowed"):
-        expand_numbers("1*5", 4)
-    with pytest.raises(LoraMergeError, match="too large"):
-        expand_numbers("1*10000000000", 10)
 
 
 def test_parse_number():
