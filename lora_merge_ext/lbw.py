@@ -59,15 +59,18 @@ def allowed_lengths(family: str) -> tuple[int, ...]:
         raise LoraMergeError(f"unknown model family '{show(str(family))}'; expected one of {known}") from None
 
 
-def _from_preset(name: str, forms: list[str], family: str, x: float) -> list[float]:
+def _from_preset(name: str, presets, family: str, x: float) -> list[float]:
     lengths = allowed_lengths(family)
+    forms = presets[name]
     counts = [len(f.split(",")) for f in forms]
     for form, count in zip(forms, counts):
         if count in lengths:
             return lbw_values(form, x, f"lbw preset '{name}'")
     have = " and ".join(str(c) for c in counts)
+    skipped = getattr(presets, "skipped", {}).get(name)
+    why = f"; skipped when the preset file was read: {skipped}" if skipped else ""
     raise LoraMergeError(f"preset '{name}' has no {FAMILY_LABEL[family]} form "
-                         f"(it has {have} values; {FAMILY_LABEL[family]} needs {_or(lengths)})")
+                         f"(it has {have} values; {FAMILY_LABEL[family]} needs {_or(lengths)}){why}")
 
 
 def _or(lengths) -> str:
@@ -102,7 +105,7 @@ def parse_lbw(spec: str | None, family: str, presets: "Presets | None" = None,
             from .presets import load_presets
             presets = load_presets()
         if text in presets:
-            return to_slots(_from_preset(text, presets[text], family, x))
+            return to_slots(_from_preset(text, presets, family, x))
         try:
             _token(text, x, "")
         except LoraMergeError:

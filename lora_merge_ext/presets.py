@@ -75,7 +75,7 @@ def load_presets(path: str | Path | None = None) -> Presets:
         data = path.read_bytes()
     except OSError as exc:
         raise LoraMergeError(f"{path}: cannot read the preset file ({exc.strerror or exc})") from None
-    return parse_presets(data.decode("utf-8", errors="replace"))
+    return parse_presets(data.decode("utf-8-sig", errors="replace"))  # -sig: editors on Windows write a BOM
 
 
 def preset_names(presets: dict, family: str | None = None) -> list[str]:

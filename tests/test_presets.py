@@ -62,6 +62,15 @@ def test_bad_lines_are_reported_and_skipped(line, words):
         assert w in presets.problems[0]
 
 
+def test_a_form_skipped_for_a_bad_line_is_named_when_that_family_asks_for_it():
+    presets = parse_presets(f"FOO:{ONES17}\nFOO:{ONES12[:-1]}zz")
+    assert presets == {"FOO": [ONES17]}
+    with pytest.raises(LoraMergeError) as info:
+        parse_lbw("FOO", "sdxl", presets)
+    message = str(info.value)
+    assert "has no SDXL form" in message and "line 2" in message and "'zz' is not a number" in message
+
+
 def test_same_family_twice_keeps_the_first():
     presets = parse_presets(f"P:{ONES12}\nP:{ONES20}\nP:{ONES26}\nP:{ONES17}")
     assert presets["P"] == [ONES12, ONES26]
@@ -74,6 +83,13 @@ def test_load_presets_from_path(tmp_path):
     presets = load_presets(path)
     assert presets == {"ALL": [ONES12]}
     assert len(presets.problems) == 1 and presets.problems[0].startswith("line 2:")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes(f"MINE:{ONES17}\r\nALL:{ONES12}\r\n".encode("utf-8-sig"))
+    presets = load_presets(path)
+    assert presets == {"MINE": [ONES17], "ALL": [ONES12]} and presets.problems == []
 
 
 def test_missing_file(tmp_path):
