@@ -10,28 +10,57 @@ from . import api
 from .atomic_write import check_target
 from .errors import LoraMergeError
 from .inspect_file import describe, format_description
+from .sigma import parse_number, show
 
 
-class _Parser(argparse.ArgumentParser):
+DASH_HINT = "; a value that starts with '-' goes after '=', e.g. --weights=-0.5,1 or --sigma=-1,0"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with errors as LoraMergeError (printed as one `error:` line, status 2)."""
+
     def error(self, message: str):  # one line, status 2
+        if message.endswith("expected one argument"):
+            message += DASH_HINT
         raise LoraMergeError(message)
 
 
-def _floats(text: str, what: str) -> list[float]:
+def _finite(text: str) -> float:
+    """An argparse type: one finite number (nan and inf are refused, as everywhere else)."""
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise LoraMergeError(f"{what} {text!r} must be comma-separated numbers, e.g. 1,0.5") from None
+        return parse_number(text, "")
+    except LoraMergeError:
+        raise argparse.ArgumentTypeError(f"'{show(text)}' is not a finite number") from None
 
 
-def _progress(done: int, total: int, _name: str) -> None:
-    end = "\n" if done == total else ""
-    print(f"\rmerging: {done}/{total} modules", end=end, file=sys.stderr, flush=True)
+def _weights(text: str) -> list[float]:
+    """--weights: comma-separated finite numbers, one per input (or one for all)."""
+    if not text.strip():
+        raise LoraMergeError("--weights is empty; give one weight per input, e.g. --weights=1,0.5")
+    what = f"--weights '{show(text)}'"
+    return [parse_number(x, what) for x in text.split(",")]
+
+
+class _Progress:
+    """The progress line on stderr; `end_line` closes it so that an error message starts a line of its own."""
+    open = False
+
+    def __call__(self, done: int, total: int, _name: str) -> None:
+        self.open = done != total
+        print(f"\rmerging: {done}/{total} modules", end="" if self.open else "\n", file=sys.stderr, flush=True)
+
+    def end_line(self) -> None:
+        if self.open:
+            print(file=sys.stderr, flush=True)
+            self.open = False
+
+
+_progress = _Progress()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m lora_merge_ext", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = OneLineParser(prog="python -m lora_merge_ext", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     m = sub.add_parser("merge", help="merge two or more LoRAs into one file")
     m.add_argument("inputs", nargs="+", help="LoRA files (.safetensors)")
@@ -55,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True)
     r.add_argument("--sigma", required=True, help="Σ vector: 1 | 1,0 | 2.5*8,0*4 | NAME=1,NAME2=0.5")
     r.add_argument("--lbw", default=None)
-    r.add_argument("--te", type=float, default=1.0)
-    r.add_argument("--unet", type=float, default=1.0)
+    r.add_argument("--te", type=_finite, default=1.0, help="text encoder multiplier [1]")
+    r.add_argument("--unet", type=_finite, default=1.0, help="UNet multiplier [1]")
     r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     r.add_argument("--overwrite", action="store_true")
 
@@ -73,7 +102,7 @@ def _merge(args) -> int:
     if len(inputs) < 2 and args.mode.lower() != "svd":
         raise LoraMergeError(f"merge needs at least two inputs, got {len(inputs)}")
     check_target(args.output, overwrite=args.overwrite, protect=inputs)
-    weights = _floats(args.weights, "--weights") if args.weights is not None else None
+    weights = _weights(args.weights) if args.weights is not None else None
     lbw = args.lbw.split(";") if args.lbw is not None else None
     result = api.merge(inputs, mode=args.mode, weights=weights, lbw=lbw, rank=args.rank, conv_rank=args.conv_rank,
                        energy=args.energy, device=args.device, progress=None if args.quiet else _progress,
@@ -87,6 +116,9 @@ def _merge(args) -> int:
 def _realize(args) -> int:
     check_target(args.output, overwrite=args.overwrite, protect=[args.input])
     lora = api.realize(args.input, args.sigma, lbw=args.lbw, te=args.te, unet=args.unet)
+    if not lora.modules:
+        raise LoraMergeError(f"Σ '{show(args.sigma)}' (with this lbw, te and unet) switches every rank off: "
+                             "the output would be an empty LoRA")
     saved = api.save(lora, args.output, dtype=args.dtype, overwrite=args.overwrite, protect=[args.input])
     print(f"wrote {saved.path} ({len(lora.modules)} modules, {saved.size / 2**20:.1f} MiB, sha256 {saved.sha256[:12]})")
     return 0
@@ -107,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return {"merge": _merge, "realize": _realize, "inspect": _inspect}[args.command](args)
     except LoraMergeError as exc:
+        _progress.end_line()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _progress.end_line()
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130

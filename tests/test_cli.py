@@ -68,6 +68,16 @@ def test_svd_with_lbw_per_input(files):
     (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1", "--lbw", "1,1"], "2"),
     (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--rank", "two"], "two"),
     (["inspect", "{d}"], "folder|directory"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--weights=1,,0.5"], "--weights '1,,0.5' has an empty entry"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--weights=1_0,1"], "'1_0' is not a number"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--weights="], "--weights is empty"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--weights", "-0.5,1"], "expected one argument; .*--weights=-0.5,1"),
+    (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1", "--te", "nan"], "--te: 'nan' is not a finite number"),
+    (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1", "--unet", "inf"], "--unet: 'inf' is not a finite"),
+    (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "0"], "switches every rank off"),
+    (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1", "--lbw", "NONE"], "switches every rank off"),
+    (["ui", "--port", "abc"], "'abc' is not a port number"),
+    (["ui", "--port", "70000"], "not a port number"),
 ])
 def test_bad_input_is_one_error_line_and_status_2(files, args, message):
     d, a, b = files
@@ -81,4 +91,18 @@ def test_bad_input_is_one_error_line_and_status_2(files, args, message):
     assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
     import re
     assert re.search(message, lines[0]), lines[0]
+    assert sorted(os.listdir(d)) == before
+
+
+def test_an_error_during_the_merge_starts_a_line_of_its_own(files):
+    """The progress line is closed first, so the error is not glued to 'merging: 1/3 modules'."""
+    d, _, _ = files
+    same = make_lora(d / "same.safetensors", "sd15_locon", rank=4, seed=3, keep=KEEP)
+    later = make_lora(d / "later.safetensors", "sd15_locon", rank=lambda n: 4 if n.startswith("lora_te") else 2,
+                      seed=4, keep=KEEP)
+    before = sorted(os.listdir(d))
+    r = run("merge", same, later, "-o", d / "x.safetensors", "--mode", "add")
+    assert r.returncode == 2
+    assert "merging: 1/" in r.stderr  # the first module was merged before the refusal
+    assert r.stderr.endswith("\n") and r.stderr.split("\n")[-2].startswith("error: add mode needs equal ranks")
     assert sorted(os.listdir(d)) == before

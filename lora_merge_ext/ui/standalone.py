@@ -43,15 +43,26 @@ def free_port(host: str, start: int = 7860, tries: int = 100) -> int:
     raise LoraMergeError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1-65535)")
+    return port
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lora_merge_ext ui",
-                                     description="Serve the LoRA Merge tab in a browser.")
+    """The options; a bad one raises LoraMergeError (one line)."""
+    from ..cli import OneLineParser
+    parser = OneLineParser(prog="python -m lora_merge_ext ui", description="Serve the LoRA Merge tab in a browser.")
     parser.add_argument("--lora-dir", help="Lora folder to read inputs from and write merges into "
                                            "(default: the shipped examples, merges go to --out-dir)")
     parser.add_argument("--out-dir", help="where merges go when --lora-dir is not given "
                                           f"(default: {default_output_dir()})")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    parser.add_argument("--port", type=_port, default=None, help="port (default: the first free one from 7860)")
     return parser.parse_args(argv)
 
 
@@ -86,9 +97,9 @@ def make_app(lora_folders: list[Path]):
 
 def main(argv: list[str]) -> int:
     """Serve the tab until interrupted; returns the process exit code."""
-    args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
+        args = parse_args(argv)
         lora_folders = folders(args)
         port = args.port if args.port is not None else free_port(args.host)
     except LoraMergeError as exc:
