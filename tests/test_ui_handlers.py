@@ -107,6 +107,30 @@ def test_one_subfolder_is_allowed_and_created(service, lora_dir):
     assert "merged/mix.safetensors" in service.library.labels()
 
 
+def test_names_with_two_extensions_are_checked_at_saving_as_they_were_at_first(service, lora_dir):
+    """The rule is checked again when saving, on the same file name (not on the name less one extension)."""
+    out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="x.ckpt.safetensors"))
+    assert out.path == (lora_dir / "x.ckpt.safetensors").resolve()
+    service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="y"))
+    out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="y.safetensors.safetensors"))
+    assert out.path == (lora_dir / "y.safetensors.safetensors").resolve()
+
+
+def test_a_missing_output_folder_is_created_with_its_subfolder(tmp_path, lora_dir):
+    new = tmp_path / "new" / "Lora"
+    s = MergeService(LoraLibrary.of(new, lora_dir))
+    out = s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mix", subfolder="merged"))
+    assert out.path == (new / "merged" / "mix.safetensors").resolve() and out.path.is_file()
+
+
+def test_an_output_folder_that_cannot_be_created_is_a_one_line_error(tmp_path, lora_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    s = MergeService(LoraLibrary.of(blocker / "Lora", lora_dir))
+    with pytest.raises(LoraMergeError, match="cannot create the folder"):
+        s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mix", subfolder="merged"))
+
+
 def test_an_existing_file_is_replaced_only_with_overwrite(service, lora_dir):
     req = MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mix")
     first = service.merge(req)

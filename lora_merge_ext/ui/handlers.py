@@ -267,9 +267,12 @@ class MergeService:
     def _save(self, lora, out: Path, req: MergeRequest, inputs: Sequence[Path]):
         with _path_lock(out):
             # the rule is checked again at the moment of writing: another merge may have written it meanwhile
-            names.output_path(self.library.output_dir, out.stem, req.subfolder, overwrite=bool(req.overwrite),
+            names.output_path(self.library.output_dir, out.name, req.subfolder, overwrite=bool(req.overwrite),
                               inputs=inputs)
-            out.parent.mkdir(exist_ok=True)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LoraMergeError(f"cannot create the folder {out.parent}: {exc.strerror or exc}") from None
             saved = api.save(lora, out, dtype=(req.dtype or "fp16").lower(), overwrite=bool(req.overwrite),
                              protect=[str(p) for p in inputs])
             size = os.path.getsize(out)
