@@ -7,7 +7,8 @@
 
 The same rules as the tab: inputs must lie in the Lora folders, the output name is a plain name
 (one sub-folder at most), an existing file is replaced only with "overwrite": true, an input never.
-Bad input answers 400 with {"error": message}.  With credentials (the WebUI's --api-auth), every
+Bad input answers 400 with {"error": message}; a body that does not fit the schema (a missing
+field, a string for a number) gets FastAPI's usual 422 with its "detail" list.  With credentials (the WebUI's --api-auth), every
 route needs HTTP Basic auth.  No WebUI import here: the host adapter passes everything in.
 """
 from __future__ import annotations
@@ -33,8 +34,8 @@ class MergeBody(BaseModel):
     mode: str = "concat"
     weights: Optional[List[float]] = None
     lbw: Optional[List[Optional[str]]] = None
-    rank: Optional[int] = None
-    conv_rank: Optional[int] = None
+    rank: Optional[float] = None  # float, so that 1.5 is refused by the merge rules, not truncated to 1 here
+    conv_rank: Optional[float] = None
     energy: Optional[float] = None
     dtype: str = "fp16"
     device: str = "cpu"

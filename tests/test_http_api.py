@@ -113,6 +113,14 @@ def test_bake_route(client, lora_dir):
     assert r.status_code == 400 and "expected" in r.json()["error"]
 
 
+@pytest.mark.parametrize("field", ["rank", "conv_rank"])
+def test_a_fractional_rank_is_refused_not_truncated(client, lora_dir, field):
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "low",
+                                           "mode": "svd", "rank": 2, field: 1.5})
+    assert r.status_code == 400 and "1.5 must be a positive whole number" in r.json()["error"]
+    assert not (lora_dir / "low.safetensors").exists()
+
+
 def test_schema_errors_are_rejected_by_fastapi(client):
     assert client.post("/ljl/v1/merge", json={"output": "x"}).status_code == 422
 
