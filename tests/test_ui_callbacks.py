@@ -93,6 +93,25 @@ def test_refusals_become_the_status_line(service):
     assert not view.ok and "merge first" in view.status
 
 
+def test_an_unexpected_failure_becomes_the_status_line_too(service, tmp_path, capsys):
+    """Out of memory or a failing host hook: the user reads what happened instead of gradio's bare "Error"."""
+    def serialize(fn):
+        def run():
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return run
+
+    failing = MergeService(service.library, serialize=serialize)
+    view = callbacks.merge(failing, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="m"))
+    assert not view.ok
+    assert view.status == ("⚠ the merge failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB "
+                           "(details in the console)")
+    assert "Traceback" in capsys.readouterr().err
+    state = callbacks.open_for_tag(service, "face.safetensors").state
+    view = callbacks.bake(failing, state, [1.0], "", "", "b", "", False, "fp16")
+    assert not view.ok and view.status.startswith("⚠ saving with Σ failed: RuntimeError: CUDA out of memory")
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "b.safetensors").exists()
+
+
 def test_picking_inputs_shows_family_rank_alpha_and_warns_on_mixing(service):
     lines, warning = callbacks.describe_inputs(service, ["style.safetensors", None, "face.safetensors"])
     assert lines[0].startswith("**SD1**") and "rank 2" in lines[0] and "alpha 1" in lines[0]

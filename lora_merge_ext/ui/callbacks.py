@@ -1,11 +1,15 @@
 """The tab's events as plain functions: form values in, what to show out (no gradio here).
 
 `tab.py` only maps these results onto gradio components; tests call these directly.
-A LoraMergeError never escapes: it becomes the status line the user reads.
+A LoraMergeError never escapes: it becomes the status line the user reads.  Neither does an
+unexpected failure of a merge or a bake (out of memory, a host hook): its type and message become
+the status line and the traceback goes to the console (gradio alone would only show "Error").
 """
 from __future__ import annotations
 
 import html
+import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,6 +26,14 @@ MAX_SLIDERS = 8
 
 def error_status(exc: Exception) -> str:
     return f"⚠ {exc}"
+
+
+def failure_status(what: str, exc: Exception) -> str:
+    """The status line for an unexpected exception; the traceback is printed to the console."""
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    message = " ".join(str(exc).split())
+    message = message if len(message) <= 300 else message[:299] + "…"
+    return f"⚠ {what} failed: {type(exc).__name__}{': ' + message if message else ''} (details in the console)"
 
 
 @dataclass
@@ -91,6 +103,8 @@ def merge(service: MergeService, req: MergeRequest, progress: Callable | None = 
         outcome = service.merge(req, progress=progress)
     except LoraMergeError as exc:
         return ResultView(ok=False, status=error_status(exc))
+    except Exception as exc:  # noqa: BLE001 - shown to the user instead of gradio's bare "Error"
+        return ResultView(ok=False, status=failure_status("the merge", exc))
     state = result_state(outcome)
     sliders = slider_views(outcome.layout)
     return ResultView(
@@ -146,6 +160,8 @@ def bake(service: MergeService, state: dict | None, sliders: Sequence[float], ad
                                overwrite=bool(overwrite), dtype=dtype or "fp16")
     except LoraMergeError as exc:
         return ResultView(ok=False, status=error_status(exc))
+    except Exception as exc:  # noqa: BLE001
+        return ResultView(ok=False, status=failure_status("saving with Σ", exc))
     return ResultView(ok=True, status=f"✔ wrote {outcome.label} (Σ = {sigma}{', lbw ' + lbw if lbw else ''})",
                       summary=outcome.summary_markdown(), choices=service.library.labels(),
                       subfolders=service.subfolders())
