@@ -55,7 +55,6 @@ def split_key(key: str) -> tuple[str, str, str] | None:
             for suffix, role in PEFT_SUFFIXES.items():
                 if key.endswith("." + suffix):
                     path = key[len(prefix):-len(suffix) - 1]
-                    path = re.sub(r"[._]lora$", "", path)  # diffusers' "to_q_lora.down.weight"
                     path = path.replace(".processor.", ".")
                     return kohya + path.replace(".", "_"), role, "peft"
             return None
