@@ -10,6 +10,7 @@ from . import api
 from .atomic_write import check_target
 from .errors import LoraMergeError
 from .inspect_file import describe, format_description
+from .merge import canonical_mode
 from .sigma import parse_number, show
 
 
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _merge(args) -> int:
     inputs = args.inputs
-    if len(inputs) < 2 and args.mode.lower() != "svd":
+    if len(inputs) < 2 and canonical_mode(args.mode) != "svd":
         raise LoraMergeError(f"merge needs at least two inputs, got {len(inputs)}")
     check_target(args.output, overwrite=args.overwrite, protect=inputs)
     weights = _weights(args.weights) if args.weights is not None else None

@@ -76,6 +76,8 @@ def test_svd_with_lbw_per_input(files):
     (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1", "--unet", "inf"], "--unet: 'inf' is not a finite"),
     (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "0"], "switches every rank off"),
     (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1", "--lbw", "NONE"], "switches every rank off"),
+    (["merge", "{a}", "-o", "{d}/x.safetensors", "--mode", "blend"], "'blend' is not one of concat, join, ljl"),
+    (["merge", "{a}", "-o", "{d}/x.safetensors", "--mode", "JOIN"], "at least two inputs"),
     (["ui", "--port", "abc"], "'abc' is not a port number"),
     (["ui", "--port", "70000"], "not a port number"),
 ])
