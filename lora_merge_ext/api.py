@@ -16,6 +16,7 @@ from .output_metadata import output_metadata
 from .realize import realize_lora
 from .safetensors_write import save_safetensors_atomic
 from .sigma import parse_sigma
+from .workers import map_in_workers, worker_count
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -41,7 +42,7 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
     dtype: fp32, fp16 or bf16, what the result will be saved as; the merge computes in float32 and
     keeps each output module in dtype (less memory, and the report measures what is saved)."""
     target = torch_dtype(dtype)
-    loras = [x if isinstance(x, LoraFile) else load_lora(x) for x in inputs]
+    loras = list(map_in_workers(lambda x: x if isinstance(x, LoraFile) else load_lora(x), inputs, worker_count()))
     names = component_names(loras)
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
                          energy=energy, device=device, presets=presets, progress=progress, report=report,

@@ -47,13 +47,13 @@ def stacked(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
             torch.cat([d.float() for _, d, _ in parts], dim=0))
 
 
-def singular_factors(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(P, S, Vh) with Σ coef·up·down = P·diag(S)·Vh, via QR of the stacked factors and an SVD of the core."""
-    a, b = stacked(parts)
+def singular_factors(a: torch.Tensor, b: torch.Tensor):
+    """(Qa, U, S, Vh, Qb) with a @ b = (Qa·U)·diag(S)·(Vh·Qbᵀ): QR of both stacked factors and an SVD of
+    the small core, so no out×in matrix is ever built."""
     qa, ra = torch.linalg.qr(a)
     qb, rb = torch.linalg.qr(b.T)
     u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)
-    return qa @ u, s, vh @ qb.T
+    return qa, u, s, vh, qb
 
 
 def rank_for_energy(s: torch.Tensor, energy: float) -> int:
@@ -66,16 +66,18 @@ def rank_for_energy(s: torch.Tensor, energy: float) -> int:
     return int(min(len(s), int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype) - 1e-12)) + 1))
 
 
-def svd_parts(parts: list[Part], rank: int | None, energy: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best approximation of Σ coef·up·down at `rank` (or the energy rank, capped by `rank`); scale 1."""
-    p, s, vh = singular_factors(parts)
+def svd_parts(parts: list[Part], rank: int | None, energy: float | None = None,
+              stack: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best approximation of Σ coef·up·down at `rank` (or the energy rank, capped by `rank`); scale 1.
+    stack: stacked(parts), when the caller has it already."""
+    qa, u, s, vh, qb = singular_factors(*(stack if stack is not None else stacked(parts)))
     n = len(s)
     if energy is not None:
         n = min(n, rank_for_energy(s, energy))
     if rank is not None:
         n = min(n, rank)
     root = s[:n].sqrt()
-    return p[:, :n] * root, root[:, None] * vh[:n]
+    return qa @ (u[:, :n] * root), (root[:, None] * vh[:n]) @ qb.T
 
 
 def add_parts(parts: list[tuple[torch.Tensor, torch.Tensor, float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,9 +91,11 @@ def add_parts(parts: list[tuple[torch.Tensor, torch.Tensor, float, float]]) -> t
     return up, down
 
 
-def relative_error(target: list[Part], result: list[Part]) -> float:
-    """‖Σ result − Σ target‖_F / ‖Σ target‖_F from Gram matrices (float64, no dense ΔW)."""
-    a, b = (x.double() for x in stacked(target))
+def relative_error(target: list[Part], result: list[Part],
+                   stack: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+    """‖Σ result − Σ target‖_F / ‖Σ target‖_F from Gram matrices (float64, no dense ΔW).
+    stack: stacked(target), when the caller has it already."""
+    a, b = (x.double() for x in (stack if stack is not None else stacked(target)))
     u, d = (x.double() for x in stacked(result))
     ga, gb = a.T @ a, b @ b.T
     target_sq = float((ga * gb).sum())

@@ -15,6 +15,9 @@ _EXPONENT_ALL_ONES = {
 }
 
 
+_CHUNK = 1 << 20  # values masked at a time, in one reused scratch buffer (no file-sized temporary)
+
+
 def _is_float(t: torch.Tensor) -> bool:
     return (t.is_floating_point() or t.is_complex()) and t.numel() > 0
 
@@ -56,6 +59,10 @@ def runs_are_finite(buffer: torch.Tensor, runs: list[tuple[torch.dtype, int, int
         if begin % size or (end - begin) % size:
             return False
         bits = buffer[begin:end].view(as_int)
-        if bits.numel() and int((bits & mask).max()) >= first_bad:
-            return False
+        scratch = torch.empty(min(bits.numel(), _CHUNK), dtype=as_int)
+        for at in range(0, bits.numel(), _CHUNK):
+            part = bits[at:at + _CHUNK]
+            masked = torch.bitwise_and(part, mask, out=scratch[:part.numel()])
+            if int(masked.max()) >= first_bad:
+                return False
     return True

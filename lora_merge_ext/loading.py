@@ -12,6 +12,7 @@ from .key_names import is_sgm_name, sdxl_unet_to_sgm, split_key, unsupported_typ
 from .finite_check import find_nonfinite
 from .lora_file import LoraFile, LoraModule
 from .safetensors_io import read_state_file
+from .workers import one_torch_thread
 
 CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.",
                        "model_ema.", "state_dict.", "text_model.", "down_blocks.", "time_embedding.")
@@ -20,8 +21,9 @@ CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_sta
 def load_lora(path: str | os.PathLike) -> LoraFile:
     """Read a LoRA (kohya, LoCon, Tucker or PEFT/diffusers keys; fp32/fp16/bf16) from a file."""
     path = os.fspath(path)
-    loaded = read_state_file(path)
-    lora = lora_from_state_dict(loaded.tensors, loaded.metadata, path, nonfinite=loaded.nonfinite_keys())
+    with one_torch_thread():  # small ops, while the file's hash is computed on another core
+        loaded = read_state_file(path)
+        lora = lora_from_state_dict(loaded.tensors, loaded.metadata, path, nonfinite=loaded.nonfinite_keys())
     lora.digest = loaded.digest
     return lora
 

@@ -9,12 +9,13 @@ import torch
 
 from .devices import resolve_device
 from .errors import LoraMergeError
-from .factor_math import Part, add_parts, concat_parts, relative_error, svd_parts
+from .factor_math import Part, add_parts, concat_parts, relative_error, stacked, svd_parts
 from .family import LABELS
 from .layout import METADATA_KEY, JoinLayout
 from .lbw import lbw_factor, parse_lbw
 from .lora_file import LoraFile, LoraModule
 from .merge_report import MergeReport, ReportRow
+from .workers import map_in_workers, worker_count
 
 MODES = {"concat": "concat", "join": "concat", "ljl": "concat", "add": "add", "svd": "svd"}
 MAX_OUTPUT_ELEMENTS = 2 ** 31  # 8 GiB of float32: far above any real LoRA
@@ -57,28 +58,32 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     order = _module_order(loras, names)
     _check_output_size(mode, order, loras, rank, conv_rank)
 
-    result_report = MergeReport(mode, measured=measure)
-    modules: dict[str, LoraModule] = {}
-    for done, name in enumerate(order):
+    def merge_module(name: str) -> tuple[LoraModule, ReportRow]:
         present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
         parts = [(m.up2d(None).to(dev), m.down2d(None).to(dev), weights[k] * lbw_factor(factors[k], name) * m.scale)
                  for k, m in present]
         first = present[0][1]
+        stack = stacked(parts) if mode == "svd" or measure else None
         if mode == "concat" or (mode == "add" and len(present) == 1):
             up, down = concat_parts(parts, dtype)
             alpha = float(up.shape[1])
         elif mode == "svd":
             target = conv_rank if first.kernel != (1, 1) else rank
-            up, down = svd_parts(parts, target, energy)
+            up, down = svd_parts(parts, target, energy, stack)
             alpha = float(up.shape[1])
         else:
             up, down, alpha = _add(present, parts, weights, factors, name)
         up, down = up.to(dtype), down.to(dtype)
-        error = relative_error(parts, [(up, down, alpha / up.shape[1])]) if measure else None
-        modules[name] = _shaped(first, up.cpu(), down.cpu(), alpha)
-        result_report.rows.append(ReportRow(name, int(up.shape[1]), error))
+        error = relative_error(parts, [(up, down, alpha / up.shape[1])], stack) if measure else None
+        return _shaped(first, up.cpu(), down.cpu(), alpha), ReportRow(name, int(up.shape[1]), error)
+
+    result_report = MergeReport(mode, measured=measure)
+    modules: dict[str, LoraModule] = {}
+    for done, (module, row) in enumerate(map_in_workers(merge_module, order, worker_count(dev))):
+        modules[module.name] = module
+        result_report.rows.append(row)
         if progress and (done % 16 == 0 or done == len(order) - 1):
-            progress(done + 1, len(order), name)
+            progress(done + 1, len(order), module.name)
 
     out = LoraFile(modules=modules, metadata={}, family=family)
     if mode == "concat":
