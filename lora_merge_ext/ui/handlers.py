@@ -223,7 +223,8 @@ class MergeService:
         def work() -> SavedOutcome:
             result = api.merge([str(p) for p in paths], mode=mode, weights=weights, lbw=lbw, rank=rank,
                                conv_rank=conv_rank, energy=energy, device=req.device or "cpu",
-                               progress=progress, presets=self._presets() if lbw else None, report=True)
+                               progress=progress, presets=self._presets() if lbw else None, report=True,
+                               dtype=(req.dtype or "fp16").lower())
             saved = self._save(result.lora, out, req, paths)
             self._written(out)
             return self._outcome(saved, result.lora, mode, result.report, paths)
