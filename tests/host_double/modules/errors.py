@@ -1,34 +1,26 @@
-"""``modules.errors``: console error reporting.  ``exception_records`` lets tests see what was reported."""
+"""``modules.errors`` of the double: the host's console error reporting (``report`` and ``display``).
+
+Both print to stderr and also append to ``exception_records`` so a test can see what was reported.
+"""
 import sys
 import traceback
 
 exception_records = []
 
 
-def record_exception():
-    _, e, tb = sys.exc_info()
-    if e is not None:
-        exception_records.append((e, traceback.extract_tb(tb)))
+def _remember(kind: str, text: str) -> None:
+    exception_records.append((kind, text))
 
 
 def report(message: str, *, exc_info: bool = False) -> None:
-    """Print a message to stderr with '***' in front; with exc_info, the current traceback too."""
-    record_exception()
-    for line in message.splitlines():
-        print("***", line, file=sys.stderr)
+    """A '***'-prefixed message on stderr, with the exception being handled when `exc_info`."""
+    sys.stderr.write("".join(f"*** {line}\n" for line in message.splitlines()))
     if exc_info:
-        print(traceback.format_exc(), file=sys.stderr)
-        print("---", file=sys.stderr)
-    exception_records.append(("report", message))
+        sys.stderr.write(traceback.format_exc() + "---\n")
+    _remember("report", message)
 
 
-def display(e: Exception, task, *, full_traceback=False):
-    record_exception()
-    print(f"{task or 'error'}: {type(e).__name__}", file=sys.stderr)
-    print(traceback.format_exc(), file=sys.stderr)
-    exception_records.append(("display", f"{task}: {e}"))
-
-
-def print_error_explanation(message):
-    record_exception()
-    print(message, file=sys.stderr)
+def display(e: BaseException, task, *, full_traceback: bool = False) -> None:
+    """What the host prints when a task failed with `e`: the task, the error type, the traceback."""
+    sys.stderr.write(f"{task or 'error'}: {type(e).__name__}\n{traceback.format_exc()}\n")
+    _remember("display", f"{task}: {e}")

@@ -1,4 +1,12 @@
-"""``modules.options``: OptionInfo and the Options store behind ``shared.opts`` (reference §4.1, §11)."""
+"""``modules.options`` of the double: ``OptionInfo`` (a setting's description) and ``Options`` (the
+store behind ``shared.opts``), as far as extensions meet them (reference §4.1, §11).
+
+* ``opts.<key>`` reads the stored value, else the option's default;
+* ``opts.set(key, value)`` stores a changed value and calls the option's ``onchange``;
+* ``opts.add_option(key, info)`` registers an option and keeps a value already stored for the key
+  (a saved config);
+* ``opts.onchange(key, func, call=True)`` sets the change handler and, by default, calls it once.
+"""
 
 
 class OptionInfo:
@@ -12,65 +20,65 @@ class OptionInfo:
         self.onchange = onchange
         self.section = section
         self.refresh = refresh
+        self.comment_before = comment_before
+        self.comment_after = comment_after
         self.infotext = infotext
         self.restrict_api = restrict_api
         self.category_id = category_id
-        self.comment_before = comment_before
-        self.comment_after = comment_after
 
+    # the host's chainable decorations; the double keeps only the text where there is one
     def info(self, text):
-        self.comment_after += f" ({text})"
+        self.comment_after = f"{self.comment_after} ({text})"
         return self
 
-    def needs_reload_ui(self):
+    def link(self, label, url):
+        return self
+
+    def js(self, label, js_func):
+        return self
+
+    def html(self, html):
         return self
 
     def needs_restart(self):
         return self
 
-
-def options_section(section_identifier, options_dict):
-    for v in options_dict.values():
-        v.section = section_identifier
-    return options_dict
+    def needs_reload_ui(self):
+        return self
 
 
 class Options:
-    """Settings by key: stored values in ``data``, defaults from the shared ``data_labels`` dict."""
+    def __init__(self, known=None):
+        object.__setattr__(self, "data_labels", dict(known or {}))
+        object.__setattr__(self, "data", {})
 
-    def __init__(self, data_labels):
-        object.__setattr__(self, "data_labels", data_labels)
-        object.__setattr__(self, "data", {k: v.default for k, v in data_labels.items()})
-
-    def __getattr__(self, item):
-        data = object.__getattribute__(self, "data")
-        if item in data:
-            return data[item]
-        labels = object.__getattribute__(self, "data_labels")
-        if item in labels:
-            return labels[item].default
-        raise AttributeError(item)
+    def __getattr__(self, key):
+        values = object.__getattribute__(self, "data")
+        if key in values:
+            return values[key]
+        described = object.__getattribute__(self, "data_labels").get(key)
+        if described is None:
+            raise AttributeError(key)
+        return described.default
 
     def __setattr__(self, key, value):
         self.set(key, value)
 
-    def set(self, key, value, is_api=False, run_callbacks=True):
-        old = self.data.get(key, None)
-        if old == value:
+    def set(self, key, value, is_api=False, run_callbacks=True) -> bool:
+        """Store `value`; False (and nothing called) when it equals the current value."""
+        if key in self.data and self.data[key] == value:
             return False
         self.data[key] = value
-        info = self.data_labels.get(key)
-        if run_callbacks and info is not None and info.onchange is not None:
-            info.onchange()
+        described = self.data_labels.get(key)
+        if run_callbacks and described is not None and described.onchange is not None:
+            described.onchange()
         return True
 
-    def add_option(self, key, info):
+    def add_option(self, key, info: OptionInfo) -> None:
         self.data_labels[key] = info
-        if key not in self.data:
-            self.data[key] = info.default
+        self.data.setdefault(key, info.default)
 
-    def onchange(self, key, func, call=True):
-        item = self.data_labels.get(key)
-        item.onchange = func
+    def onchange(self, key, func, call=True) -> None:
+        self.data_labels[key].onchange = func
         if call:
             func()

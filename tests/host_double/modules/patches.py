@@ -1,27 +1,30 @@
-"""``modules.patches``: replace an attribute of a class, remembering the original per key."""
-from collections import defaultdict
+"""``modules.patches`` of the double: swap an attribute of an object (a torch class, say) and keep
+the original, per owner key, so the owner can put it back.
 
-originals = defaultdict(dict)
+``patch(key, obj, field, replacement)`` returns the original and refuses to patch the same field of
+the same object twice for one key; ``undo(key, obj, field)`` restores it; ``original(key, obj,
+field)`` returns the kept original or None.
+"""
+_saved: dict = {}   # (key, obj, field) -> the attribute before patching
 
 
 def patch(key, obj, field, replacement):
-    patch_key = (obj, field)
-    if patch_key in originals[key]:
-        raise RuntimeError(f"patch for {field} is already applied")
-    original_func = getattr(obj, field)
-    originals[key][patch_key] = original_func
+    slot = (key, obj, field)
+    if slot in _saved:
+        raise RuntimeError(f"{key} already patched {field} of {obj!r}")
+    before = getattr(obj, field)
+    _saved[slot] = before
     setattr(obj, field, replacement)
-    return original_func
+    return before
 
 
 def undo(key, obj, field):
-    patch_key = (obj, field)
-    if patch_key not in originals[key]:
-        raise RuntimeError(f"there is no patch for {field} to undo")
-    original_func = originals[key].pop(patch_key)
-    setattr(obj, field, original_func)
+    slot = (key, obj, field)
+    if slot not in _saved:
+        raise RuntimeError(f"{key} has no patch of {field} of {obj!r} to undo")
+    setattr(obj, field, _saved.pop(slot))
     return None
 
 
 def original(key, obj, field):
-    return originals[key].get((obj, field), None)
+    return _saved.get((key, obj, field))
