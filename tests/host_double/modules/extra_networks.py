@@ -1,23 +1,76 @@
-"""``modules.extra_networks``: the ``<type:args>`` prompt tags (reference §3).
+"""``modules.extra_networks`` of the double: ``<type:arg:arg…>`` prompt tags and the registry of their
+handlers (reference §3).
 
-* ``ExtraNetworkParams.items`` are the ``:``-separated strings of a tag; an item that splits on
-  ``=`` into exactly two parts becomes ``named[key] = value``, everything else is positional;
-  nothing is stripped.
-* ``parse_prompt`` removes every tag (known type or not) and returns the data by type, in order of
-  first appearance; ``parse_prompts`` returns the data of the first prompt only.
-* ``activate``: mentioned types in prompt order, then every other registered network with ``[]``
-  (registry insertion order), then ``p.scripts.after_extra_networks_activate``.
+* A tag is ``<`` + a word-character type name + ``:`` + anything up to the first ``>``; its items
+  are that text split on every ``:``.  ``parse_prompt`` cuts every tag out of the prompt (known type
+  or not) and returns the items by type, types in order of first appearance.  ``parse_prompts``
+  cleans every prompt but returns the tag data of the first one only.
+* ``ExtraNetworkParams(items)``: a string item with exactly one ``=`` goes to ``named``, every other
+  item (non-strings included) to ``positional``; nothing is stripped; two params are equal when
+  their items are.
+* ``activate(p, data)``: the handlers of the types in `data` first (prompt order, an unknown type
+  is skipped), then ``activate(p, [])`` for every registered handler that did not activate
+  successfully above — so a handler that raised on its tags is called again with ``[]`` — and
+  finally ``p.scripts.after_extra_networks_activate``.  An exception in a handler is displayed and
+  the others still run.  ``deactivate(p, data)`` calls every registered handler's ``deactivate``,
+  mentioned ones first.
 """
 import logging
 import re
-from collections import defaultdict
 
 from modules import errors
 
-logger = logging.getLogger(__name__)
-
 extra_network_registry = {}
 extra_network_aliases = {}
+
+TAG = re.compile(r"<(\w+):([^>]+)>")
+
+
+class ExtraNetworkParams:
+    def __init__(self, items=None):
+        self.items = list(items) if items else []
+        self.positional = []
+        self.named = {}
+        for item in self.items:
+            if isinstance(item, str) and item.count("=") == 1:
+                key, value = item.split("=")
+                self.named[key] = value
+            else:
+                self.positional.append(item)
+
+    def __eq__(self, other):
+        return isinstance(other, ExtraNetworkParams) and self.items == other.items
+
+    def __repr__(self):
+        return f"ExtraNetworkParams({self.items!r})"
+
+
+class ExtraNetwork:
+    """Base class of a tag handler.  The host's contract: ``activate`` runs on every generation pass,
+    with an empty list when the type is not in the prompt (the handler must then undo its effect);
+    it may run several times before ``deactivate``, each call replacing what the previous one did."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def activate(self, p, params_list):
+        raise NotImplementedError
+
+    def deactivate(self, p):
+        raise NotImplementedError
+
+
+class _Hypernetwork(ExtraNetwork):
+    """The host's built-in ``hypernet`` type; it has nothing to do in the double."""
+
+    def __init__(self):
+        super().__init__("hypernet")
+
+    def activate(self, p, params_list):
+        pass
+
+    def deactivate(self, p):
+        pass
 
 
 def initialize():
@@ -34,128 +87,66 @@ def register_extra_network_alias(extra_network, alias):
 
 
 def register_default_extra_networks():
-    register_extra_network(ExtraNetworkHypernet())
+    register_extra_network(_Hypernetwork())
 
 
-class ExtraNetworkParams:
-    def __init__(self, items=None):
-        self.items = items or []
-        self.positional = []
-        self.named = {}
-        for item in self.items:
-            parts = item.split("=", 2) if isinstance(item, str) else [item]
-            if len(parts) == 2:
-                self.named[parts[0]] = parts[1]
-            else:
-                self.positional.append(item)
-
-    def __eq__(self, other):
-        return self.items == other.items
-
-    def __repr__(self):
-        return f"ExtraNetworkParams({self.items!r})"
-
-
-class ExtraNetwork:
-    def __init__(self, name):
-        self.name = name
-
-    def activate(self, p, params_list):
-        """Called by the processing on every run.  Whatever the networks do should only be active
-        during this run.  If the network is not mentioned in the prompt it is still called, with an
-        empty params_list, and must disable its effect.  It may be called several times before
-        deactivate; each call must completely override the previous one."""
-        raise NotImplementedError
-
-    def deactivate(self, p):
-        raise NotImplementedError
-
-
-class ExtraNetworkHypernet(ExtraNetwork):
-    """Stands in for the built-in hypernetwork type (does nothing in the double)."""
-
-    def __init__(self):
-        super().__init__("hypernet")
-
-    def activate(self, p, params_list):
-        pass
-
-    def deactivate(self, p):
-        pass
-
-
-def lookup_extra_networks(extra_network_data):
-    res = {}
-    for extra_network_name, extra_network_args in list(extra_network_data.items()):
-        extra_network = extra_network_registry.get(extra_network_name, None)
-        alias = extra_network_aliases.get(extra_network_name, None)
-        if alias is not None and extra_network is None:
-            extra_network = alias
-        if extra_network is None:
-            logger.info(f"Skipping unknown extra network: {extra_network_name}")
+def lookup_extra_networks(extra_network_data) -> dict:
+    """handler → the params of every type it answers (by name, else by alias); unknown types dropped."""
+    found = {}
+    for type_name, params in extra_network_data.items():
+        handler = extra_network_registry.get(type_name) or extra_network_aliases.get(type_name)
+        if handler is None:
+            logging.getLogger(__name__).info("Skipping unknown extra network: %s", type_name)
             continue
-        res.setdefault(extra_network, []).extend(extra_network_args)
-    return res
+        found.setdefault(handler, []).extend(params)
+    return found
+
+
+def _call(task: str, method, *args) -> bool:
+    try:
+        method(*args)
+        return True
+    except Exception as exc:
+        errors.display(exc, task)
+        return False
 
 
 def activate(p, extra_network_data):
-    activated = []
-    for extra_network, extra_network_args in lookup_extra_networks(extra_network_data).items():
-        try:
-            extra_network.activate(p, extra_network_args)
-            activated.append(extra_network)
-        except Exception as e:
-            errors.display(e, f"activating extra network {extra_network.name} with arguments {extra_network_args}")
-    for extra_network_name, extra_network in extra_network_registry.items():
-        if extra_network in activated:
-            continue
-        try:
-            extra_network.activate(p, [])
-        except Exception as e:
-            errors.display(e, f"activating extra network {extra_network_name}")
+    done = set()
+    for handler, params in lookup_extra_networks(extra_network_data).items():
+        if _call(f"activating extra network {handler.name} with arguments {params}", handler.activate, p, params):
+            done.add(id(handler))
+    for name, handler in extra_network_registry.items():
+        if id(handler) not in done:
+            _call(f"activating extra network {name}", handler.activate, p, [])
     if p.scripts is not None:
         p.scripts.after_extra_networks_activate(p, batch_number=p.iteration, prompts=p.prompts, seeds=p.seeds,
                                                 subseeds=p.subseeds, extra_network_data=extra_network_data)
 
 
 def deactivate(p, extra_network_data):
-    data = lookup_extra_networks(extra_network_data)
-    for extra_network in data:
-        try:
-            extra_network.deactivate(p)
-        except Exception as e:
-            errors.display(e, f"deactivating extra network {extra_network.name}")
-    for extra_network_name, extra_network in extra_network_registry.items():
-        if extra_network in data:
-            continue
-        try:
-            extra_network.deactivate(p)
-        except Exception as e:
-            errors.display(e, f"deactivating unmentioned extra network {extra_network_name}")
+    mentioned = list(lookup_extra_networks(extra_network_data))
+    others = [h for h in extra_network_registry.values() if h not in mentioned]
+    for handler in mentioned + others:
+        _call(f"deactivating extra network {handler.name}", handler.deactivate, p)
 
 
-re_extra_net = re.compile(r"<(\w+):([^>]+)>")
+def parse_prompt(prompt: str):
+    """(prompt without tags, {type: [ExtraNetworkParams, …]})."""
+    found = {}
 
-
-def parse_prompt(prompt):
-    res = defaultdict(list)
-
-    def found(m):
-        name = m.group(1)
-        args = m.group(2)
-        res[name].append(ExtraNetworkParams(items=args.split(":")))
+    def take(match):
+        found.setdefault(match.group(1), []).append(ExtraNetworkParams(match.group(2).split(":")))
         return ""
 
-    prompt = re.sub(re_extra_net, found, prompt)
-    return prompt, res
+    return TAG.sub(take, prompt), found
 
 
 def parse_prompts(prompts):
-    res = []
-    extra_data = None
+    cleaned, first = [], None
     for prompt in prompts:
-        updated_prompt, parsed_extra_data = parse_prompt(prompt)
-        if extra_data is None:
-            extra_data = parsed_extra_data
-        res.append(updated_prompt)
-    return res, extra_data
+        text, data = parse_prompt(prompt)
+        cleaned.append(text)
+        if first is None:
+            first = data
+    return cleaned, first if first is not None else {}
