@@ -16,7 +16,7 @@ from . import LORA_EXTENSION_DIR, WEBUI_ROOT
 
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 SPEC_DIR = Path(PROJECT_ROOT) / "tests" / "data" / "module_specs"
-HOST_MODULES = ("networks", "network", "network_lora", "lyco_helpers", "lora_patches", "extra_networks_lora", "lora",
+HOST_MODULES = ("networks", "network", "network_lora", "lyco_helpers", "lora_patches", "extra_networks_lora",
                 "fake_model")
 
 

@@ -1,32 +1,34 @@
-"""Built-in Lora double: patches forward/_load_from_state_dict of the torch layer classes (reference §2.5)."""
+"""Built-in Lora double, ``lora_patches``: swapping the torch layer classes' ``forward`` and
+``_load_from_state_dict`` for the Lora versions (reference §2.5).
+
+Creating ``LoraPatches()`` patches the classes themselves (every instance is affected) through
+``modules.patches`` and keeps the originals as attributes ``<Class>_forward`` and
+``<Class>_load_state_dict``; ``undo()`` puts the originals back.
+"""
 import torch
 
 import networks
 from modules import patches
 
+PATCHED_CLASSES = {
+    "Linear": torch.nn.Linear,
+    "Conv2d": torch.nn.Conv2d,
+    "GroupNorm": torch.nn.GroupNorm,
+    "LayerNorm": torch.nn.LayerNorm,
+    "MultiheadAttention": torch.nn.MultiheadAttention,
+}
+
 
 class LoraPatches:
     def __init__(self):
-        self.Linear_forward = patches.patch(__name__, torch.nn.Linear, "forward", networks.network_Linear_forward)
-        self.Linear_load_state_dict = patches.patch(__name__, torch.nn.Linear, "_load_from_state_dict",
-                                                    networks.network_Linear_load_state_dict)
-        self.Conv2d_forward = patches.patch(__name__, torch.nn.Conv2d, "forward", networks.network_Conv2d_forward)
-        self.Conv2d_load_state_dict = patches.patch(__name__, torch.nn.Conv2d, "_load_from_state_dict",
-                                                    networks.network_Conv2d_load_state_dict)
-        self.GroupNorm_forward = patches.patch(__name__, torch.nn.GroupNorm, "forward", networks.network_GroupNorm_forward)
-        self.GroupNorm_load_state_dict = patches.patch(__name__, torch.nn.GroupNorm, "_load_from_state_dict",
-                                                       networks.network_GroupNorm_load_state_dict)
-        self.LayerNorm_forward = patches.patch(__name__, torch.nn.LayerNorm, "forward", networks.network_LayerNorm_forward)
-        self.LayerNorm_load_state_dict = patches.patch(__name__, torch.nn.LayerNorm, "_load_from_state_dict",
-                                                       networks.network_LayerNorm_load_state_dict)
-        self.MultiheadAttention_forward = patches.patch(__name__, torch.nn.MultiheadAttention, "forward",
-                                                        networks.network_MultiheadAttention_forward)
-        self.MultiheadAttention_load_state_dict = patches.patch(__name__, torch.nn.MultiheadAttention,
-                                                                "_load_from_state_dict",
-                                                                networks.network_MultiheadAttention_load_state_dict)
+        for kind, cls in PATCHED_CLASSES.items():
+            forward, load = networks.layer_replacements(kind)
+            setattr(self, f"{kind}_forward", patches.patch(__name__, cls, "forward", forward))
+            setattr(self, f"{kind}_load_state_dict", patches.patch(__name__, cls, "_load_from_state_dict", load))
 
     def undo(self):
-        for cls, prefix in ((torch.nn.Linear, "Linear"), (torch.nn.Conv2d, "Conv2d"), (torch.nn.GroupNorm, "GroupNorm"),
-                            (torch.nn.LayerNorm, "LayerNorm"), (torch.nn.MultiheadAttention, "MultiheadAttention")):
-            setattr(self, f"{prefix}_forward", patches.undo(__name__, cls, "forward"))
-            setattr(self, f"{prefix}_load_state_dict", patches.undo(__name__, cls, "_load_from_state_dict"))
+        for kind, cls in PATCHED_CLASSES.items():
+            patches.undo(__name__, cls, "forward")
+            patches.undo(__name__, cls, "_load_from_state_dict")
+            setattr(self, f"{kind}_forward", None)
+            setattr(self, f"{kind}_load_state_dict", None)

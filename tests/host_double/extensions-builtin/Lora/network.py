@@ -1,8 +1,17 @@
-"""Built-in Lora double: data classes (reference §2.2)."""
+"""Built-in Lora double, ``network``: the data classes (reference §2.2).
+
+* ``NetworkOnDisk(name, filename)``: one LoRA file as listed — safetensors metadata (cached on the
+  file's mtime), alias (``ss_output_name`` or the file name), hash (``sshs_model_hash``, else an
+  already cached addnet hash; ``read_hash()`` computes it when still missing), version;
+* ``Network(name, network_on_disk)``: a loaded LoRA — multipliers, ``dyn_dim`` and ``modules``
+  (model layer name → ``NetworkModule``);
+* ``NetworkModule(net, weights)``: one layer's part of a network, with the host's rules for which
+  multiplier applies (text encoder or UNet, from the layer name), the alpha/rank scale and the final
+  ΔW.  DoRA (``dora_scale``) is not modelled: such a module raises NotImplementedError on use.
+"""
 from __future__ import annotations
 
 import enum
-import os
 from collections import namedtuple
 
 import torch
@@ -11,8 +20,9 @@ import torch.nn.functional as F
 from modules import cache, errors, hashes, sd_models, shared
 
 NetworkWeights = namedtuple("NetworkWeights", ["network_key", "sd_key", "w", "sd_module"])
-metadata_tags_order = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10,
-                       "ss_tag_frequency": 20}
+
+# metadata keys the host lists first (its cards show them at the top); the rest keep file order
+_LEADING_METADATA = ("ss_sd_model_name", "ss_resolution", "ss_clip_skip", "ss_num_train_images", "ss_tag_frequency")
 
 
 class SdVersion(enum.Enum):
@@ -22,63 +32,69 @@ class SdVersion(enum.Enum):
     SDXL = 4
 
 
+def _lora_networks_module():
+    import networks  # the host's own module object (see reference §2.10.1)
+    return networks
+
+
 class NetworkOnDisk:
     def __init__(self, name, filename):
         self.name = name
         self.filename = filename
-        self.metadata = {}
-        self.is_safetensors = os.path.splitext(filename)[1].lower() == ".safetensors"
-
-        def read_metadata():
-            return sd_models.read_metadata_from_safetensors(filename)
-
-        if self.is_safetensors:
-            try:
-                self.metadata = cache.cached_data_for_file("safetensors-metadata", "lora/" + self.name, filename,
-                                                           read_metadata)
-            except Exception as e:
-                errors.display(e, f"reading lora {filename}")
-        if self.metadata:
-            m = {}
-            for k, v in sorted(self.metadata.items(), key=lambda x: metadata_tags_order.get(x[0], 999)):
-                m[k] = v
-            self.metadata = m
-        self.alias = self.metadata.get("ss_output_name", self.name)
+        self.is_safetensors = filename.lower().endswith(".safetensors")
+        self.metadata = self._read_metadata() if self.is_safetensors else {}
+        self.alias = self.metadata.get("ss_output_name", name)
         self.hash = None
         self.shorthash = None
-        self.set_hash(self.metadata.get("sshs_model_hash")
-                      or hashes.sha256_from_cache(self.filename, "lora/" + self.name, use_addnet_hash=self.is_safetensors)
-                      or "")
+        known = self.metadata.get("sshs_model_hash") or hashes.sha256_from_cache(
+            filename, self.hash_title, use_addnet_hash=self.is_safetensors)
+        self.set_hash(known or "")
         self.sd_version = self.detect_version()
 
-    def detect_version(self):
+    @property
+    def hash_title(self) -> str:
+        return f"lora/{self.name}"
+
+    def _read_metadata(self) -> dict:
+        try:
+            found = cache.cached_data_for_file("safetensors-metadata", self.hash_title, self.filename,
+                                               lambda: sd_models.read_metadata_from_safetensors(self.filename))
+        except Exception as exc:
+            errors.display(exc, f"reading lora {self.filename}")
+            return {}
+        found = found or {}
+        leading = [k for k in _LEADING_METADATA if k in found]
+        return {k: found[k] for k in leading + [k for k in found if k not in leading]}
+
+    def detect_version(self) -> SdVersion:
         if str(self.metadata.get("ss_base_model_version", "")).startswith("sdxl_"):
             return SdVersion.SDXL
-        elif str(self.metadata.get("ss_v2", "")) == "True":
+        if str(self.metadata.get("ss_v2", "")) == "True":
             return SdVersion.SD2
-        elif len(self.metadata):
-            return SdVersion.SD1
-        return SdVersion.Unknown
+        return SdVersion.SD1 if self.metadata else SdVersion.Unknown
 
-    def set_hash(self, v):
-        self.hash = v
-        self.shorthash = self.hash[0:12]
+    def set_hash(self, value):
+        """Record the full hash; a non-empty short hash is also entered in the hash lookup table."""
+        self.hash = value
+        self.shorthash = value[:12]
         if self.shorthash:
-            import networks
-            networks.available_network_hash_lookup[self.shorthash] = self
+            _lora_networks_module().available_network_hash_lookup[self.shorthash] = self
 
     def read_hash(self):
         if not self.hash:
-            self.set_hash(hashes.sha256(self.filename, "lora/" + self.name, use_addnet_hash=self.is_safetensors) or "")
+            self.set_hash(hashes.sha256(self.filename, self.hash_title, use_addnet_hash=self.is_safetensors) or "")
 
     def get_alias(self):
-        import networks
-        if shared.opts.lora_preferred_name == "Filename" or self.alias.lower() in networks.forbidden_network_aliases:
+        if shared.opts.lora_preferred_name == "Filename":
+            return self.name
+        if self.alias.lower() in _lora_networks_module().forbidden_network_aliases:
             return self.name
         return self.alias
 
 
-class Network:  # LoraModule
+class Network:
+    """A loaded LoRA ("LoraModule" in the host's comments)."""
+
     def __init__(self, name, network_on_disk: NetworkOnDisk):
         self.name = name
         self.network_on_disk = network_on_disk
@@ -88,13 +104,36 @@ class Network:  # LoraModule
         self.modules = {}
         self.bundle_embeddings = {}
         self.mtime = None
-        self.mentioned_name = None
-        """the name as the prompt wrote it: the file name or the alias"""
+        self.mentioned_name = None  # the name the prompt used: file name or alias
 
 
 class ModuleType:
-    def create_module(self, net: Network, weights: NetworkWeights) -> Network | None:
+    def create_module(self, net: Network, weights: NetworkWeights) -> NetworkModule | None:
         return None
+
+
+def _target_shape(layer):
+    if isinstance(layer, torch.nn.MultiheadAttention):
+        return layer.out_proj.weight.shape
+    weight = getattr(layer, "weight", None)
+    return None if weight is None else weight.shape
+
+
+def _functional_op(layer):
+    """(x, weight, bias) → the layer's own operation with another weight; None for other layer types."""
+    if isinstance(layer, torch.nn.Conv2d):
+        return lambda x, w, b: F.conv2d(x, w, b, stride=layer.stride, padding=layer.padding)
+    if isinstance(layer, torch.nn.Linear):
+        return lambda x, w, b: F.linear(x, w, b)
+    if isinstance(layer, torch.nn.LayerNorm):
+        return lambda x, w, b: F.layer_norm(x, layer.normalized_shape, w, b, layer.eps)
+    if isinstance(layer, torch.nn.GroupNorm):
+        return lambda x, w, b: F.group_norm(x, layer.num_groups, w, b, layer.eps)
+    return None
+
+
+def _number(tensor):
+    return None if tensor is None else tensor.item()
 
 
 class NetworkModule:
@@ -103,66 +142,46 @@ class NetworkModule:
         self.network_key = weights.network_key
         self.sd_key = weights.sd_key
         self.sd_module = weights.sd_module
-
-        if isinstance(self.sd_module, torch.nn.MultiheadAttention):
-            self.shape = self.sd_module.out_proj.weight.shape
-        elif hasattr(self.sd_module, "weight"):
-            self.shape = self.sd_module.weight.shape
-
-        self.ops = None
-        self.extra_kwargs = {}
-        if isinstance(self.sd_module, torch.nn.Conv2d):
-            self.ops = F.conv2d
-            self.extra_kwargs = {"stride": self.sd_module.stride, "padding": self.sd_module.padding}
-        elif isinstance(self.sd_module, torch.nn.Linear):
-            self.ops = F.linear
-        elif isinstance(self.sd_module, torch.nn.LayerNorm):
-            self.ops = F.layer_norm
-            self.extra_kwargs = {"normalized_shape": self.sd_module.normalized_shape, "eps": self.sd_module.eps}
-        elif isinstance(self.sd_module, torch.nn.GroupNorm):
-            self.ops = F.group_norm
-            self.extra_kwargs = {"num_groups": self.sd_module.num_groups, "eps": self.sd_module.eps}
-
-        self.dim = None
+        self.shape = _target_shape(self.sd_module)
+        self.dim = None  # the rank, set by module types that have one
         self.bias = weights.w.get("bias")
-        self.alpha = weights.w["alpha"].item() if "alpha" in weights.w else None
-        self.scale = weights.w["scale"].item() if "scale" in weights.w else None
-        self.dora_scale = weights.w.get("dora_scale", None)
+        self.alpha = _number(weights.w.get("alpha"))
+        self.scale = _number(weights.w.get("scale"))
+        self.dora_scale = weights.w.get("dora_scale")
 
     def multiplier(self):
-        if "transformer" in self.sd_key[:20]:
-            return self.network.te_multiplier
-        return self.network.unet_multiplier
+        """te_multiplier for text-encoder layers (``transformer`` early in the name), else unet_multiplier."""
+        in_text_encoder = "transformer" in self.sd_key[:20]
+        return self.network.te_multiplier if in_text_encoder else self.network.unet_multiplier
 
     def calc_scale(self):
         if self.scale is not None:
             return self.scale
-        if self.dim is not None and self.alpha is not None:
+        if self.alpha is not None and self.dim is not None:
             return self.alpha / self.dim
         return 1.0
 
     def finalize_updown(self, updown, orig_weight, output_shape, ex_bias=None):
-        if self.bias is not None:
-            updown = updown.reshape(self.bias.shape)
-            updown += self.bias.to(orig_weight.device, dtype=updown.dtype)
-            updown = updown.reshape(output_shape)
-        if len(output_shape) == 4:
-            updown = updown.reshape(output_shape)
-        if orig_weight.size().numel() == updown.size().numel():
+        """(ΔW · scale · multiplier in the target weight's shape, extra bias · multiplier)."""
+        if self.bias is not None:  # a stored weight difference that comes on top of the product
+            updown = updown.reshape(self.bias.shape) + self.bias.to(device=orig_weight.device, dtype=updown.dtype)
+        updown = updown.reshape(output_shape)
+        if updown.numel() == orig_weight.numel():
             updown = updown.reshape(orig_weight.shape)
-        if ex_bias is not None:
-            ex_bias = ex_bias * self.multiplier()
-        updown = updown * self.calc_scale()
         if self.dora_scale is not None:
-            raise NotImplementedError("DoRA is not modelled by the test double")
-        return updown * self.multiplier(), ex_bias
+            raise NotImplementedError("DoRA modules are not modelled by the host double")
+        factor = self.multiplier()
+        if ex_bias is not None:
+            ex_bias = ex_bias * factor
+        return updown * (self.calc_scale() * factor), ex_bias
 
     def calc_updown(self, target):
-        raise NotImplementedError()
+        raise NotImplementedError
 
     def forward(self, x, y):
-        """Functional mode for any module type: the layer's op applied with the delta as weight."""
-        if self.ops is None:
-            raise NotImplementedError()
-        updown, ex_bias = self.calc_updown(self.sd_module.weight)
-        return y + self.ops(x, weight=updown, bias=ex_bias, **self.extra_kwargs)
+        """Functional mode: the layer's operation with ΔW as its weight, added to the output y."""
+        op = _functional_op(self.sd_module)
+        if op is None:
+            raise NotImplementedError(f"no functional path for {type(self.sd_module).__name__}")
+        delta, extra_bias = self.calc_updown(self.sd_module.weight)
+        return y + op(x, delta, extra_bias)

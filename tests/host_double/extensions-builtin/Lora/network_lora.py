@@ -1,19 +1,30 @@
-"""Built-in Lora double: plain LoRA / LoCon modules (reference §2.3)."""
+"""Built-in Lora double, ``network_lora``: plain LoRA and LoCon modules (reference §2.3).
+
+``ModuleTypeLora`` claims a layer's weight dict when it has ``lora_up.weight`` and
+``lora_down.weight`` (PEFT's ``lora_B``/``lora_A`` are renamed to those in place first).
+``NetworkModuleLora`` keeps each factor as a frozen, bias-free torch layer (``up_model``,
+``down_model``, optional ``mid_model``) of the kind the target layer needs, on the CPU in
+``devices.dtype``; its rank ``dim`` is the row count of the down factor.  ``calc_updown`` reads
+the factor layers' current weights every time it is called.
+"""
 import torch
 
 import lyco_helpers
 import network
 from modules import devices
 
+_LINEAR_TARGETS = (torch.nn.Linear, torch.nn.modules.linear.NonDynamicallyQuantizableLinear,
+                   torch.nn.MultiheadAttention)
+_UP, _DOWN, _MID = "lora_up.weight", "lora_down.weight", "lora_mid.weight"
+
 
 class ModuleTypeLora(network.ModuleType):
     def create_module(self, net: network.Network, weights: network.NetworkWeights):
-        if all(x in weights.w for x in ["lora_up.weight", "lora_down.weight"]):
-            return NetworkModuleLora(net, weights)
-        if all(x in weights.w for x in ["lora_A.weight", "lora_B.weight"]):
-            w = weights.w.copy()
-            weights.w.clear()
-            weights.w.update({"lora_up.weight": w["lora_B.weight"], "lora_down.weight": w["lora_A.weight"]})
+        w = weights.w
+        if "lora_A.weight" in w and "lora_B.weight" in w and not (_UP in w and _DOWN in w):
+            w[_DOWN] = w.pop("lora_A.weight")
+            w[_UP] = w.pop("lora_B.weight")
+        if _UP in w and _DOWN in w:
             return NetworkModuleLora(net, weights)
         return None
 
@@ -21,60 +32,53 @@ class ModuleTypeLora(network.ModuleType):
 class NetworkModuleLora(network.NetworkModule):
     def __init__(self, net: network.Network, weights: network.NetworkWeights):
         super().__init__(net, weights)
-        self.up_model = self.create_module(weights.w, "lora_up.weight")
-        self.down_model = self.create_module(weights.w, "lora_down.weight")
-        self.mid_model = self.create_module(weights.w, "lora_mid.weight", none_ok=True)
-        self.dim = weights.w["lora_down.weight"].shape[0]
+        self.up_model = self._factor_layer(weights.w[_UP], "up")
+        self.down_model = self._factor_layer(weights.w[_DOWN], "down")
+        mid = weights.w.get(_MID)
+        self.mid_model = None if mid is None else self._factor_layer(mid, "mid")
+        self.dim = weights.w[_DOWN].shape[0]
 
-    def create_module(self, weights, key, none_ok=False):
-        weight = weights.get(key)
-        if weight is None and none_ok:
-            return None
-        is_linear = type(self.sd_module) in [torch.nn.Linear, torch.nn.modules.linear.NonDynamicallyQuantizableLinear,
-                                             torch.nn.MultiheadAttention]
-        is_conv = type(self.sd_module) in [torch.nn.Conv2d]
-        if is_linear:
-            weight = weight.reshape(weight.shape[0], -1)
-            module = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        elif is_conv and key == "lora_down.weight":
-            if len(weight.shape) == 2:
-                weight = weight.reshape(weight.shape[0], -1, 1, 1)
-            if weight.shape[2] != 1 or weight.shape[3] != 1:
-                module = torch.nn.Conv2d(weight.shape[1], weight.shape[0], self.sd_module.kernel_size,
-                                         self.sd_module.stride, self.sd_module.padding, bias=False)
+    def _factor_layer(self, tensor: torch.Tensor, role: str) -> torch.nn.Module:
+        """A frozen layer holding one factor; the target's exact type decides Linear or Conv2d."""
+        target = self.sd_module
+        kind = type(target)
+        if kind in _LINEAR_TARGETS:
+            matrix = tensor.reshape(tensor.shape[0], -1)
+            layer = torch.nn.Linear(matrix.shape[1], matrix.shape[0], bias=False)
+        elif kind is torch.nn.Conv2d:
+            if tensor.dim() == 2:
+                tensor = tensor.reshape(*tensor.shape, 1, 1)
+            out_ch, in_ch = tensor.shape[:2]
+            spatial = role == "mid" or (role == "down" and tuple(tensor.shape[2:]) != (1, 1))
+            if spatial:
+                layer = torch.nn.Conv2d(in_ch, out_ch, target.kernel_size, target.stride, target.padding, bias=False)
             else:
-                module = torch.nn.Conv2d(weight.shape[1], weight.shape[0], (1, 1), bias=False)
-        elif is_conv and key == "lora_mid.weight":
-            module = torch.nn.Conv2d(weight.shape[1], weight.shape[0], self.sd_module.kernel_size,
-                                     self.sd_module.stride, self.sd_module.padding, bias=False)
-        elif is_conv and key == "lora_up.weight":
-            module = torch.nn.Conv2d(weight.shape[1], weight.shape[0], (1, 1), bias=False)
+                layer = torch.nn.Conv2d(in_ch, out_ch, (1, 1), bias=False)
         else:
-            raise AssertionError(f"Lora layer {self.network_key} matched a layer with unsupported type: "
-                                 f"{type(self.sd_module).__name__}")
+            raise AssertionError(f"Lora layer {self.network_key} matched a layer of unsupported type "
+                                 f"{kind.__name__}")
         with torch.no_grad():
-            if weight.shape != module.weight.shape:
-                weight = weight.reshape(module.weight.shape)
-            module.weight.copy_(weight)
-        module.to(device=devices.cpu, dtype=devices.dtype)
-        module.weight.requires_grad_(False)
-        return module
+            layer.weight.copy_(tensor.reshape(layer.weight.shape))
+        layer.to(device=devices.cpu, dtype=devices.dtype)
+        layer.weight.requires_grad_(False)
+        return layer
 
     def calc_updown(self, orig_weight):
-        up = self.up_model.weight.to(orig_weight.device)
-        down = self.down_model.weight.to(orig_weight.device)
-        output_shape = [up.size(0), down.size(1)]
+        where = orig_weight.device
+        up = self.up_model.weight.to(where)
+        down = self.down_model.weight.to(where)
+        shape = [up.shape[0], down.shape[1]]
         if self.mid_model is not None:
-            mid = self.mid_model.weight.to(orig_weight.device)
-            updown = lyco_helpers.rebuild_cp_decomposition(up, down, mid)
-            output_shape += mid.shape[2:]
+            mid = self.mid_model.weight.to(where)
+            shape += list(mid.shape[2:])
+            product = lyco_helpers.rebuild_cp_decomposition(up, down, mid)
         else:
-            if len(down.shape) == 4:
-                output_shape += down.shape[2:]
-            updown = lyco_helpers.rebuild_conventional(up, down, output_shape, self.network.dyn_dim)
-        return self.finalize_updown(updown, orig_weight, output_shape)
+            shape += list(down.shape[2:])
+            product = lyco_helpers.rebuild_conventional(up, down, shape, self.network.dyn_dim)
+        return self.finalize_updown(product, orig_weight, shape)
 
     def forward(self, x, y):
-        self.up_model.to(device=devices.device)
-        self.down_model.to(device=devices.device)
-        return y + self.up_model(self.down_model(x)) * self.multiplier() * self.calc_scale()
+        """Functional mode: y + up(down(x)) · multiplier · scale (``dyn_dim`` and ``mid`` not used)."""
+        self.down_model.to(devices.device)
+        self.up_model.to(devices.device)
+        return y + self.up_model(self.down_model(x)) * (self.multiplier() * self.calc_scale())

@@ -1,10 +1,26 @@
-"""Built-in Lora double: global state, loading, key mapping and weight patching (reference §2.4).
+"""Built-in Lora double, ``networks``: the module-level state, listing LoRA files, loading them onto
+the model's layers, and merging the loaded ones into the layers' weights (reference §2.4).
 
-Only the plain LoRA/LoCon module type is modelled (``module_types`` holds ``ModuleTypeLora``); SD3
-and bundled embeddings are left out.  Everything else follows the host: ``load_networks`` clears
-``loaded_networks`` on every call, and a layer re-merges only when the tuple
-``(name, te_multiplier, unet_multiplier, dyn_dim)`` of the loaded nets differs from the one it
-merged last.
+What the double keeps from the host, because this project's tests depend on it:
+
+* ``load_networks`` empties ``loaded_networks`` on every call and refills it in the order of
+  ``names``; a network stays in ``networks_in_memory`` (bounded by ``lora_in_memory_limit``) and is
+  reloaded when its file is newer than its ``mtime``; names not found give the comment
+  "Lora not found: …".
+* Merging is lazy, inside the patched layer forwards: a layer compares the tuple
+  ``(name, te_multiplier, unet_multiplier, dyn_dim)`` of every loaded network with the tuple it
+  merged last (``network_current_names``) and only on a difference restores its backed-up weights
+  and adds every loaded network's ΔW again.  Only ``RuntimeError`` from a module is caught (counted
+  per network in ``extra_network_lora.errors``).
+* ``lora_functional``: Linear / Conv2d / GroupNorm / LayerNorm layers add each module's output in
+  their forward instead; MultiheadAttention always merges.
+
+Not modelled: module types other than plain LoRA/LoCon, SD3 keys, bundled embeddings, FP8 weight
+copies, the AddNet infotext fields.  The patched forwards are built by ``layer_replacements`` rather
+than kept as one named function per layer class.  Not in the reference, kept as the double's
+choice: an attention layer is merged only when its q, k, v and out projections all have modules
+(otherwise it is left as it is), and a file that cannot be read while listing is reported and left
+out of the list.
 """
 from __future__ import annotations
 
@@ -14,455 +30,406 @@ import re
 
 import torch
 
-import lora_patches
 import network
 import network_lora
 from modules import devices, errors, sd_hijack, sd_models, shared
 
-module_types = [
-    network_lora.ModuleTypeLora(),
-]
+module_types = [network_lora.ModuleTypeLora()]
 
-re_digits = re.compile(r"\d+")
-re_x_proj = re.compile(r"(.*)_([qkv]_proj)$")
-re_compiled = {}
+LORA_FILE_TYPES = (".pt", ".ckpt", ".safetensors")
 
-suffix_conversion = {
-    "attentions": {},
-    "resnets": {
-        "conv1": "in_layers_2",
-        "conv2": "out_layers_3",
-        "norm1": "in_layers_0",
-        "norm2": "out_layers_0",
-        "time_emb_proj": "emb_layers_1",
-        "conv_shortcut": "skip_connection",
-    },
-}
+
+# --- layer names: kohya / diffusers → the model's (compvis) names ------------------------------
+
+_RESNET_PARTS = {"conv1": "in_layers_2", "conv2": "out_layers_3", "norm1": "in_layers_0", "norm2": "out_layers_0",
+                 "time_emb_proj": "emb_layers_1", "conv_shortcut": "skip_connection"}
+_OPENCLIP_PARTS = (("mlp_fc1", "mlp_c_fc"), ("mlp_fc2", "mlp_c_proj"), ("self_attn", "attn"))
+
+
+def _openclip(tail: str) -> str:
+    for clip_name, openclip_name in _OPENCLIP_PARTS:
+        tail = tail.replace(clip_name, openclip_name)
+    return tail
+
+
+def _block_part(kind: str, tail: str) -> str:
+    return _RESNET_PARTS.get(tail, tail) if kind == "resnets" else tail
+
+
+def _unet_name(rest: str) -> str | None:
+    """The compvis name under ``diffusion_model_`` of a diffusers UNet module name (after ``lora_unet_``)."""
+    m = re.fullmatch(r"(down|up)_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", rest)
+    if m:
+        side, block, kind, j, tail = m[1], int(m[2]), m[3], int(m[4]), m[5]
+        index = 1 + 3 * block + j if side == "down" else 3 * block + j
+        group = "input_blocks" if side == "down" else "output_blocks"
+        return f"{group}_{index}_{1 if kind == 'attentions' else 0}_{_block_part(kind, tail)}"
+    m = re.fullmatch(r"mid_block_(attentions|resnets)_(\d+)_(.+)", rest)
+    if m:
+        position = 1 if m[1] == "attentions" else 2 * int(m[2])
+        return f"middle_block_{position}_{_block_part(m[1], m[3])}"
+    m = re.fullmatch(r"down_blocks_(\d+)_downsamplers_0_conv", rest)
+    if m:
+        return f"input_blocks_{3 * int(m[1]) + 3}_0_op"
+    m = re.fullmatch(r"up_blocks_(\d+)_upsamplers_0_conv", rest)
+    if m:
+        block = int(m[1])
+        return f"output_blocks_{3 * block + 2}_{2 if block else 1}_conv"
+    m = re.fullmatch(r"time_embedding_linear_(\d+)(.*)", rest)
+    if m:
+        return f"time_embed_{2 * int(m[1]) - 2}{m[2]}"
+    for diffusers_name, compvis_name in (("conv_in", "input_blocks_0_0"), ("conv_out", "out_2")):
+        if rest.startswith(diffusers_name):
+            return compvis_name + rest[len(diffusers_name):]
+    return None
 
 
 def convert_diffusers_name_to_compvis(key, is_sd2):
-    """kohya/diffusers module name → the model-side (compvis) layer name; unknown names unchanged."""
-
-    def match(match_list, regex_text):
-        regex = re_compiled.get(regex_text)
-        if regex is None:
-            regex = re.compile(regex_text)
-            re_compiled[regex_text] = regex
-        r = re.match(regex, key)
-        if not r:
-            return False
-        match_list.clear()
-        match_list.extend([int(x) if re.match(re_digits, x) else x for x in r.groups()])
-        return True
-
-    m = []
-    if match(m, r"lora_unet_conv_in(.*)"):
-        return f"diffusion_model_input_blocks_0_0{m[0]}"
-    if match(m, r"lora_unet_conv_out(.*)"):
-        return f"diffusion_model_out_2{m[0]}"
-    if match(m, r"lora_unet_time_embedding_linear_(\d+)(.*)"):
-        return f"diffusion_model_time_embed_{m[0] * 2 - 2}{m[1]}"
-    if match(m, r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)"):
-        suffix = suffix_conversion.get(m[1], {}).get(m[3], m[3])
-        return f"diffusion_model_input_blocks_{1 + m[0] * 3 + m[2]}_{1 if m[1] == 'attentions' else 0}_{suffix}"
-    if match(m, r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)"):
-        suffix = suffix_conversion.get(m[0], {}).get(m[2], m[2])
-        return f"diffusion_model_middle_block_{1 if m[0] == 'attentions' else m[1] * 2}_{suffix}"
-    if match(m, r"lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)"):
-        suffix = suffix_conversion.get(m[1], {}).get(m[3], m[3])
-        return f"diffusion_model_output_blocks_{m[0] * 3 + m[2]}_{1 if m[1] == 'attentions' else 0}_{suffix}"
-    if match(m, r"lora_unet_down_blocks_(\d+)_downsamplers_0_conv"):
-        return f"diffusion_model_input_blocks_{3 + m[0] * 3}_0_op"
-    if match(m, r"lora_unet_up_blocks_(\d+)_upsamplers_0_conv"):
-        return f"diffusion_model_output_blocks_{2 + m[0] * 3}_{2 if m[0] > 0 else 1}_conv"
-    if match(m, r"lora_te_text_model_encoder_layers_(\d+)_(.+)"):
+    """The model layer name for a kohya module name; a name it does not know comes back unchanged."""
+    if key.startswith("lora_unet_"):
+        found = _unet_name(key[len("lora_unet_"):])
+        return key if found is None else f"diffusion_model_{found}"
+    m = re.fullmatch(r"lora_te(2?)_text_model_encoder_layers_(\d+)_(.+)", key)
+    if m:
+        layer, tail = m[2], m[3]
+        if m[1] == "2":
+            return f"1_model_transformer_resblocks_{layer}_{_openclip(tail)}"
         if is_sd2:
-            if "mlp_fc1" in m[1]:
-                return f"model_transformer_resblocks_{m[0]}_{m[1].replace('mlp_fc1', 'mlp_c_fc')}"
-            elif "mlp_fc2" in m[1]:
-                return f"model_transformer_resblocks_{m[0]}_{m[1].replace('mlp_fc2', 'mlp_c_proj')}"
-            return f"model_transformer_resblocks_{m[0]}_{m[1].replace('self_attn', 'attn')}"
-        return f"transformer_text_model_encoder_layers_{m[0]}_{m[1]}"
-    if match(m, r"lora_te2_text_model_encoder_layers_(\d+)_(.+)"):
-        if "mlp_fc1" in m[1]:
-            return f"1_model_transformer_resblocks_{m[0]}_{m[1].replace('mlp_fc1', 'mlp_c_fc')}"
-        elif "mlp_fc2" in m[1]:
-            return f"1_model_transformer_resblocks_{m[0]}_{m[1].replace('mlp_fc2', 'mlp_c_proj')}"
-        return f"1_model_transformer_resblocks_{m[0]}_{m[1].replace('self_attn', 'attn')}"
+            return f"model_transformer_resblocks_{layer}_{_openclip(tail)}"
+        return f"transformer_text_model_encoder_layers_{layer}_{tail}"
     return key
 
 
+def _name_layers(mapping: dict, root: torch.nn.Module, prefix: str = "") -> None:
+    for dotted, layer in root.named_modules():
+        if dotted:
+            flat = prefix + dotted.replace(".", "_")
+            mapping[flat] = layer
+            layer.network_layer_name = flat
+
+
 def assign_network_names_to_compvis_modules(sd_model):
-    network_layer_mapping = {}
-    if sd_model.is_sdxl:
+    """Build ``sd_model.network_layer_mapping`` (flat layer name → layer) and name every layer.
+
+    SDXL text encoders come from ``conditioner.embedders[i].wrapped`` with the prefix ``"{i}_"``;
+    SD1/SD2's from ``cond_stage_model.wrapped`` (or ``cond_stage_model``) unprefixed; the UNet
+    from ``sd_model.model`` (names starting ``diffusion_model_``)."""
+    mapping = {}
+    if getattr(sd_model, "is_sdxl", False):
         for i, embedder in enumerate(sd_model.conditioner.embedders):
-            if not hasattr(embedder, "wrapped"):
-                continue
-            for name, module in embedder.wrapped.named_modules():
-                network_name = f'{i}_{name.replace(".", "_")}'
-                network_layer_mapping[network_name] = module
-                module.network_layer_name = network_name
+            wrapped = getattr(embedder, "wrapped", None)
+            if wrapped is not None:
+                _name_layers(mapping, wrapped, f"{i}_")
     else:
-        cond_stage_model = getattr(sd_model.cond_stage_model, "wrapped", sd_model.cond_stage_model)
-        for name, module in cond_stage_model.named_modules():
-            network_name = name.replace(".", "_")
-            network_layer_mapping[network_name] = module
-            module.network_layer_name = network_name
-    for name, module in sd_model.model.named_modules():
-        network_name = name.replace(".", "_")
-        network_layer_mapping[network_name] = module
-        module.network_layer_name = network_name
-    sd_model.network_layer_mapping = network_layer_mapping
+        encoder = sd_model.cond_stage_model
+        _name_layers(mapping, getattr(encoder, "wrapped", encoder))
+    _name_layers(mapping, sd_model.model)
+    sd_model.network_layer_mapping = mapping
+
+
+# --- loading a file onto the layers -----------------------------------------------------------
+
+_PROJECTION = re.compile(r"(.+)_[qkv]_proj")
+
+
+def _find_layer(mapping: dict, file_name: str, is_sd2: bool):
+    """(layer name used as the module key, layer) for a module name of a file, or None."""
+    converted = convert_diffusers_name_to_compvis(file_name, is_sd2)
+    if converted in mapping:
+        return converted, mapping[converted]
+    projection = _PROJECTION.fullmatch(converted)
+    if projection and projection[1] in mapping:  # q/k/v of a MultiheadAttention: the key keeps its suffix
+        return converted, mapping[projection[1]]
+    retries = []
+    if "lora_unet" in file_name:  # kohya SDXL files already use the compvis block names
+        retries.append(file_name.replace("lora_unet", "diffusion_model"))
+    elif "lora_te1_text_model" in file_name:
+        retries += [file_name.replace("lora_te1_text_model", "0_transformer_text_model"),
+                    file_name.replace("lora_te1_text_model", "transformer_text_model")]
+    for candidate in retries:
+        if candidate in mapping:
+            return candidate, mapping[candidate]
+    return None
+
+
+def _module_for(net, weights):
+    for module_type in module_types:
+        made = module_type.create_module(net, weights)
+        if made is not None:
+            return made
+    accepted_by = ", ".join(type(t).__name__ for t in module_types)
+    raise AssertionError(f"no module type ({accepted_by}) accepts the keys {', '.join(weights.w)} "
+                         f"of {weights.network_key}")
 
 
 def load_network(name, network_on_disk):
     net = network.Network(name, network_on_disk)
     net.mtime = os.path.getmtime(network_on_disk.filename)
-    sd = sd_models.read_state_dict(network_on_disk.filename)
-
-    # the host rebuilds a missing layer mapping here as a fall-back (reference §2.4)
-    if not hasattr(shared.sd_model, "network_layer_mapping"):
-        assign_network_names_to_compvis_modules(shared.sd_model)
-
-    keys_failed_to_match = {}
-    is_sd2 = "model_transformer_resblocks" in shared.sd_model.network_layer_mapping
-    matched_networks = {}
-    for key_network, weight in sd.items():
-        key_network_without_network_parts, _, network_part = key_network.partition(".")
-        key = convert_diffusers_name_to_compvis(key_network_without_network_parts, is_sd2)
-        sd_module = shared.sd_model.network_layer_mapping.get(key, None)
-        if sd_module is None:
-            m = re_x_proj.match(key)
-            if m:
-                sd_module = shared.sd_model.network_layer_mapping.get(m.group(1), None)
-        # SDXL fall-backs (reference §2.4): kohya SDXL names already use the compvis block names
-        if sd_module is None and "lora_unet" in key_network_without_network_parts:
-            key = key_network_without_network_parts.replace("lora_unet", "diffusion_model")
-            sd_module = shared.sd_model.network_layer_mapping.get(key, None)
-        elif sd_module is None and "lora_te1_text_model" in key_network_without_network_parts:
-            key = key_network_without_network_parts.replace("lora_te1_text_model", "0_transformer_text_model")
-            sd_module = shared.sd_model.network_layer_mapping.get(key, None)
-            # then without the SDXL "0_" prefix (some SD1 files name te1)
-            if sd_module is None:
-                key = key_network_without_network_parts.replace("lora_te1_text_model", "transformer_text_model")
-                sd_module = shared.sd_model.network_layer_mapping.get(key, None)
-        if sd_module is None:
-            keys_failed_to_match[key_network] = key
+    tensors = sd_models.read_state_dict(network_on_disk.filename)
+    model = shared.sd_model
+    if getattr(model, "network_layer_mapping", None) is None:  # the host's fall-back
+        assign_network_names_to_compvis_modules(model)
+    mapping = model.network_layer_mapping
+    is_sd2 = any(k.startswith("model_transformer_resblocks") for k in mapping)
+    per_layer, unmatched = {}, []
+    for file_key, tensor in tensors.items():
+        module_name, _, part = file_key.partition(".")
+        found = _find_layer(mapping, module_name, is_sd2)
+        if found is None:
+            unmatched.append(file_key)
             continue
-        if key not in matched_networks:
-            matched_networks[key] = network.NetworkWeights(network_key=key_network, sd_key=key, w={}, sd_module=sd_module)
-        matched_networks[key].w[network_part] = weight
-
-    for key, weights in matched_networks.items():
-        net_module = None
-        for nettype in module_types:
-            net_module = nettype.create_module(net, weights)
-            if net_module is not None:
-                break
-        if net_module is None:
-            raise AssertionError(f"Could not find a module type (out of {', '.join([x.__class__.__name__ for x in module_types])}) "
-                                 f"that would accept those keys: {', '.join(weights.w)}")
-        net.modules[key] = net_module
-
-    if keys_failed_to_match:
-        logging.debug(f"Network {network_on_disk.filename} didn't match keys: {keys_failed_to_match}")
+        sd_key, layer = found
+        if sd_key not in per_layer:
+            per_layer[sd_key] = network.NetworkWeights(network_key=file_key, sd_key=sd_key, w={}, sd_module=layer)
+        per_layer[sd_key].w[part] = tensor
+    for sd_key, weights in per_layer.items():
+        net.modules[sd_key] = _module_for(net, weights)
+    if unmatched:
+        logging.debug("Network %s: no layer for %s", network_on_disk.filename, unmatched)
     return net
 
 
 def purge_networks_from_memory():
-    while len(networks_in_memory) > shared.opts.lora_in_memory_limit and len(networks_in_memory) > 0:
-        name = next(iter(networks_in_memory))
-        networks_in_memory.pop(name, None)
+    """Drop the least recently loaded networks beyond ``lora_in_memory_limit``."""
+    surplus = len(networks_in_memory) - max(0, int(shared.opts.lora_in_memory_limit))
+    for name in list(networks_in_memory)[:max(0, surplus)]:
+        del networks_in_memory[name]
     devices.torch_gc()
 
 
 def _on_disk(name):
+    """The listed file for a prompt name: by alias or file name, by file name only for a forbidden alias."""
     if name.lower() in forbidden_network_aliases:
-        return available_networks.get(name, None)
-    return available_network_aliases.get(name, None)
+        return available_networks.get(name)
+    return available_network_aliases.get(name)
+
+
+def _locate(names) -> list:
+    entries = [_on_disk(n) for n in names]
+    if None in entries:
+        update_available_networks_by_names([n for n, e in zip(names, entries) if e is None])
+        entries = [_on_disk(n) for n in names]
+    if None in entries:
+        list_available_networks()
+        entries = [_on_disk(n) for n in names]
+    return entries
 
 
 def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None):
-    already_loaded = {}
-    for net in loaded_networks:
-        if net.name in names:
-            already_loaded[net.name] = net
+    reusable = {net.name: net for net in loaded_networks if net.name in names}
     loaded_networks.clear()
-
-    unavailable_networks = [name for name in names if _on_disk(name) is None]
-    if unavailable_networks:
-        update_available_networks_by_names(unavailable_networks)
-
-    networks_on_disk = [_on_disk(name) for name in names]
-    if any(x is None for x in networks_on_disk):
-        list_available_networks()
-        networks_on_disk = [_on_disk(name) for name in names]
-
-    failed_to_load_networks = []
-    for i, (network_on_disk, name) in enumerate(zip(networks_on_disk, names)):
-        net = already_loaded.get(name, None)
-        if network_on_disk is not None:
-            if net is None:
-                net = networks_in_memory.get(name)
-            if net is None or os.path.getmtime(network_on_disk.filename) > net.mtime:
-                try:
-                    net = load_network(name, network_on_disk)
-                    networks_in_memory.pop(name, None)
-                    networks_in_memory[name] = net
-                except Exception as e:
-                    errors.display(e, f"loading network {network_on_disk.filename}")
-                    continue
-            net.mentioned_name = name
-            network_on_disk.read_hash()
-        if net is None:
-            failed_to_load_networks.append(name)
-            logging.info(f"Couldn't find network with name {name}")
+    not_found = []
+    for i, (name, entry) in enumerate(zip(names, _locate(names))):
+        if entry is None:
+            not_found.append(name)
             continue
+        net = reusable.get(name) or networks_in_memory.get(name)
+        if net is None or os.path.getmtime(entry.filename) > net.mtime:
+            try:
+                net = load_network(name, entry)
+            except Exception as exc:
+                errors.display(exc, f"loading network {entry.filename}")
+                continue
+            networks_in_memory.pop(name, None)
+            networks_in_memory[name] = net  # most recently loaded last
+        net.mentioned_name = name
+        entry.read_hash()
         net.te_multiplier = te_multipliers[i] if te_multipliers else 1.0
         net.unet_multiplier = unet_multipliers[i] if unet_multipliers else 1.0
         net.dyn_dim = dyn_dims[i] if dyn_dims else 1.0
         loaded_networks.append(net)
-
-    if failed_to_load_networks:
-        lora_not_found_message = f'Lora not found: {", ".join(failed_to_load_networks)}'
-        sd_hijack.model_hijack.comments.append(lora_not_found_message)
+    if not_found:
+        notice = "Lora not found: " + ", ".join(not_found)
+        sd_hijack.model_hijack.comments.append(notice)
         if shared.opts.lora_not_found_warning_console:
-            print(f"\n{lora_not_found_message}\n")
+            print(f"\n{notice}\n")
     purge_networks_from_memory()
 
 
-def allowed_layer_without_weight(layer):
-    if isinstance(layer, torch.nn.LayerNorm) and not layer.elementwise_affine:
-        return True
-    return False
+# --- merging into the layers --------------------------------------------------------------------
+
+def _weight_slots(layer) -> list:
+    """(object, attribute) of every weight a layer's merge changes."""
+    if isinstance(layer, torch.nn.MultiheadAttention):
+        return [(layer, "in_proj_weight"), (layer.out_proj, "weight")]
+    return [(layer, "weight")]
 
 
-def store_weights_backup(weight):
-    if weight is None:
-        return None
-    return weight.to(devices.cpu, copy=True)
+def _bias_slot(layer):
+    return (layer.out_proj, "bias") if isinstance(layer, torch.nn.MultiheadAttention) else (layer, "bias")
 
 
-def restore_weights_backup(obj, field, weight):
-    if weight is None:
-        setattr(obj, field, None)
-        return
-    getattr(obj, field).copy_(weight)
+def _cpu_copy(tensor):
+    return None if tensor is None else tensor.detach().to(devices.cpu, copy=True)
 
 
-def network_restore_weights_from_backup(self):
-    weights_backup = getattr(self, "network_weights_backup", None)
-    bias_backup = getattr(self, "network_bias_backup", None)
-    if weights_backup is None and bias_backup is None:
-        return
-    if weights_backup is not None:
-        if isinstance(self, torch.nn.MultiheadAttention):
-            restore_weights_backup(self, "in_proj_weight", weights_backup[0])
-            restore_weights_backup(self.out_proj, "weight", weights_backup[1])
+def _ensure_backups(layer, merged_before: bool) -> None:
+    """Back up weights and bias the first time anything is to be merged into the layer."""
+    if getattr(layer, "network_bias_backup", None) is None:
+        owner, attr = _bias_slot(layer)
+        bias = getattr(owner, attr, None)
+        if bias is not None and merged_before:
+            raise RuntimeError(f"{layer.network_layer_name}: bias was changed and has no backup")
+        layer.network_bias_backup = _cpu_copy(bias)
+    if getattr(layer, "network_weights_backup", None) is None:
+        if merged_before and not _may_lack_weight(layer):
+            raise RuntimeError(f"{layer.network_layer_name}: weights were changed and have no backup")
+        layer.network_weights_backup = tuple(_cpu_copy(getattr(o, a, None)) for o, a in _weight_slots(layer))
+
+
+def _may_lack_weight(layer) -> bool:
+    return isinstance(layer, torch.nn.LayerNorm) and not layer.elementwise_affine
+
+
+def network_restore_weights_from_backup(layer):
+    saved = getattr(layer, "network_weights_backup", None)
+    if saved is not None:
+        with torch.no_grad():
+            for (owner, attr), copy in zip(_weight_slots(layer), saved):
+                if copy is not None:
+                    getattr(owner, attr).copy_(copy)
+    if saved is not None or getattr(layer, "network_bias_backup", None) is not None:
+        owner, attr = _bias_slot(layer)
+        bias_copy = getattr(layer, "network_bias_backup", None)
+        if bias_copy is None:
+            setattr(owner, attr, None)
         else:
-            restore_weights_backup(self, "weight", weights_backup)
-    if isinstance(self, torch.nn.MultiheadAttention):
-        restore_weights_backup(self.out_proj, "bias", bias_backup)
+            with torch.no_grad():
+                getattr(owner, attr).copy_(bias_copy)
+
+
+def _add_bias(owner, extra):
+    if extra is None:
+        return
+    if owner.bias is None:
+        owner.bias = torch.nn.Parameter(extra.to(owner.weight.dtype), requires_grad=False)
     else:
-        restore_weights_backup(self, "bias", bias_backup)
+        owner.bias += extra.to(owner.bias.dtype)
 
 
-def network_apply_weights(self):
-    """Merge the loaded networks into this layer's weights, lazily (reference §2.4): nothing to do when
-    the layer's last merge used the same (name, te, unet, dyn) tuple; otherwise restore the backup and
-    add every loaded network's delta."""
-    network_layer_name = getattr(self, "network_layer_name", None)
-    if network_layer_name is None:
+def _merge_plain(layer, module) -> None:
+    weight = layer.weight
+    delta, extra_bias = module.calc_updown(weight)
+    if weight.dim() == 4 and weight.shape[1] == 9 and delta.shape[1] == 4:  # inpainting UNet input conv
+        delta = torch.cat([delta, delta.new_zeros(delta.shape[0], 5, *delta.shape[2:])], dim=1)
+    weight.copy_((weight.to(delta.dtype) + delta).to(weight.dtype))
+    _add_bias(layer, extra_bias)
+
+
+def _merge_attention(layer, net, name) -> None:
+    parts = [net.modules.get(f"{name}_{p}_proj") for p in ("q", "k", "v", "out")]
+    if any(part is None for part in parts):
         return
+    thirds = layer.in_proj_weight.chunk(3, dim=0)
+    in_delta = torch.cat([module.calc_updown(third)[0] for module, third in zip(parts[:3], thirds)])
+    out_delta, extra_bias = parts[3].calc_updown(layer.out_proj.weight)
+    layer.in_proj_weight += in_delta.to(layer.in_proj_weight.dtype)
+    layer.out_proj.weight += out_delta.to(layer.out_proj.weight.dtype)
+    _add_bias(layer.out_proj, extra_bias)
 
-    current_names = getattr(self, "network_current_names", ())
-    wanted_names = tuple((x.name, x.te_multiplier, x.unet_multiplier, x.dyn_dim) for x in loaded_networks)
 
-    bias_backup = getattr(self, "network_bias_backup", None)
-    if bias_backup is None and wanted_names != ():
-        if isinstance(self, torch.nn.MultiheadAttention) and self.out_proj.bias is not None:
-            bias_backup = store_weights_backup(self.out_proj.bias)
-        elif getattr(self, "bias", None) is not None:
-            bias_backup = store_weights_backup(self.bias)
-        else:
-            bias_backup = None
-        if bias_backup is not None and current_names != ():
-            raise RuntimeError("no backup bias found and current bias are not unchanged")
-        self.network_bias_backup = bias_backup
+def _count_failure(net, name, exc) -> None:
+    logging.debug("Network %s layer %s: %s", net.name, name, exc)
+    if extra_network_lora is not None:
+        extra_network_lora.errors[net.name] = extra_network_lora.errors.get(net.name, 0) + 1
 
-    weights_backup = getattr(self, "network_weights_backup", None)
-    if weights_backup is None and wanted_names != ():
-        if current_names != () and not allowed_layer_without_weight(self):
-            raise RuntimeError(f"{network_layer_name} - no backup weights found and current weights are not unchanged")
-        if isinstance(self, torch.nn.MultiheadAttention):
-            weights_backup = (store_weights_backup(self.in_proj_weight), store_weights_backup(self.out_proj.weight))
-        else:
-            weights_backup = store_weights_backup(self.weight)
-        self.network_weights_backup = weights_backup
 
-    if current_names != wanted_names:
-        network_restore_weights_from_backup(self)
-        for net in loaded_networks:
-            module = net.modules.get(network_layer_name, None)
-            if module is not None and hasattr(self, "weight") and not isinstance(self, torch.nn.MultiheadAttention):
-                try:
-                    with torch.no_grad():
-                        weight = self.weight
-                        bias = self.bias
-                        updown, ex_bias = module.calc_updown(weight)
-                        if len(weight.shape) == 4 and weight.shape[1] == 9:
-                            # 9-channel inpainting conv: the delta covers the first 4 input channels
-                            updown = torch.nn.functional.pad(updown, (0, 0, 0, 0, 0, 5))
-                        self.weight.copy_((weight.to(dtype=updown.dtype) + updown).to(dtype=self.weight.dtype))
-                        if ex_bias is not None and hasattr(self, "bias"):
-                            if self.bias is None:
-                                self.bias = torch.nn.Parameter(ex_bias).to(self.weight.dtype)
-                            else:
-                                self.bias.copy_((bias + ex_bias).to(dtype=self.bias.dtype))
-                except RuntimeError as e:
-                    logging.debug(f"Network {net.name} layer {network_layer_name}: {e}")
-                    extra_network_lora.errors[net.name] = extra_network_lora.errors.get(net.name, 0) + 1
-                continue
+def network_apply_weights(layer):
+    """Bring a layer's weights up to date with ``loaded_networks`` (see the module docstring)."""
+    name = getattr(layer, "network_layer_name", None)
+    if name is None:
+        return
+    wanted = tuple((net.name, net.te_multiplier, net.unet_multiplier, net.dyn_dim) for net in loaded_networks)
+    current = getattr(layer, "network_current_names", ())
+    if wanted:
+        _ensure_backups(layer, merged_before=bool(current))
+    if current == wanted:
+        return
+    network_restore_weights_from_backup(layer)
+    attention = isinstance(layer, torch.nn.MultiheadAttention)
+    for net in loaded_networks:
+        try:
+            with torch.no_grad():
+                if attention:
+                    _merge_attention(layer, net, name)
+                elif name in net.modules and hasattr(layer, "weight"):
+                    _merge_plain(layer, net.modules[name])
+        except RuntimeError as exc:
+            _count_failure(net, name, exc)
+    layer.network_current_names = wanted
 
-            module_q = net.modules.get(network_layer_name + "_q_proj", None)
-            module_k = net.modules.get(network_layer_name + "_k_proj", None)
-            module_v = net.modules.get(network_layer_name + "_v_proj", None)
-            module_out = net.modules.get(network_layer_name + "_out_proj", None)
-            if isinstance(self, torch.nn.MultiheadAttention) and module_q and module_k and module_v and module_out:
-                try:
-                    with torch.no_grad():
-                        qw, kw, vw = self.in_proj_weight.chunk(3, 0)
-                        updown_q, _ = module_q.calc_updown(qw)
-                        updown_k, _ = module_k.calc_updown(kw)
-                        updown_v, _ = module_v.calc_updown(vw)
-                        del qw, kw, vw
-                        updown_qkv = torch.vstack([updown_q, updown_k, updown_v])
-                        updown_out, ex_bias = module_out.calc_updown(self.out_proj.weight)
-                        self.in_proj_weight += updown_qkv
-                        self.out_proj.weight += updown_out
-                        if ex_bias is not None:
-                            if self.out_proj.bias is None:
-                                self.out_proj.bias = torch.nn.Parameter(ex_bias)
-                            else:
-                                self.out_proj.bias += ex_bias
-                except RuntimeError as e:
-                    logging.debug(f"Network {net.name} layer {network_layer_name}: {e}")
-                    extra_network_lora.errors[net.name] = extra_network_lora.errors.get(net.name, 0) + 1
-                continue
 
-            if module is None:
-                continue
-            logging.debug(f"Network {net.name} layer {network_layer_name}: couldn't find supported operation")
-            extra_network_lora.errors[net.name] = extra_network_lora.errors.get(net.name, 0) + 1
-
-        self.network_current_names = wanted_names
+def network_reset_cached_weight(layer):
+    layer.network_current_names = ()
+    layer.network_weights_backup = None
+    layer.network_bias_backup = None
 
 
 def network_forward(org_module, input, original_forward):
-    """Functional mode (setting lora_functional): the original forward plus each network's own forward."""
-    if len(loaded_networks) == 0:
+    """Functional mode: the layer's own output (original weights) plus each loaded module's output."""
+    if not loaded_networks:
         return original_forward(org_module, input)
-    input = devices.cond_cast_unet(input)
     network_restore_weights_from_backup(org_module)
     network_reset_cached_weight(org_module)
-    y = original_forward(org_module, input)
-    network_layer_name = getattr(org_module, "network_layer_name", None)
-    for lora in loaded_networks:
-        module = lora.modules.get(network_layer_name, None)
-        if module is None:
+    output = original_forward(org_module, input)
+    name = getattr(org_module, "network_layer_name", None)
+    for net in loaded_networks:
+        module = net.modules.get(name)
+        if module is not None:
+            output = module.forward(input, output)
+    return output
+
+
+def layer_replacements(kind: str):
+    """(forward, _load_from_state_dict) replacements for torch.nn.<kind>; they call the originals
+    kept on ``originals`` as ``<kind>_forward`` / ``<kind>_load_state_dict``."""
+    functional_possible = kind != "MultiheadAttention"
+
+    def forward(self, *args, **kwargs):
+        original = getattr(originals, f"{kind}_forward")
+        if functional_possible and shared.opts.lora_functional:
+            return network_forward(self, args[0], original)
+        network_apply_weights(self)
+        return original(self, *args, **kwargs)
+
+    def load_from_state_dict(self, *args, **kwargs):
+        network_reset_cached_weight(self)
+        return getattr(originals, f"{kind}_load_state_dict")(self, *args, **kwargs)
+
+    forward.__name__ = f"network_{kind}_forward"
+    load_from_state_dict.__name__ = f"network_{kind}_load_state_dict"
+    return forward, load_from_state_dict
+
+
+# --- listing the LoRA folders -------------------------------------------------------------------
+
+def _lora_paths():
+    for folder in (shared.cmd_opts.lora_dir, shared.cmd_opts.lyco_dir_backcompat):
+        if not folder or not os.path.isdir(folder):
             continue
-        y = module.forward(input, y)
-    return y
-
-
-def network_reset_cached_weight(self):
-    self.network_current_names = ()
-    self.network_weights_backup = None
-    self.network_bias_backup = None
-
-
-def network_Linear_forward(self, input):
-    if shared.opts.lora_functional:
-        return network_forward(self, input, originals.Linear_forward)
-    network_apply_weights(self)
-    return originals.Linear_forward(self, input)
-
-
-def network_Linear_load_state_dict(self, *args, **kwargs):
-    network_reset_cached_weight(self)
-    return originals.Linear_load_state_dict(self, *args, **kwargs)
-
-
-def network_Conv2d_forward(self, input):
-    if shared.opts.lora_functional:
-        return network_forward(self, input, originals.Conv2d_forward)
-    network_apply_weights(self)
-    return originals.Conv2d_forward(self, input)
-
-
-def network_Conv2d_load_state_dict(self, *args, **kwargs):
-    network_reset_cached_weight(self)
-    return originals.Conv2d_load_state_dict(self, *args, **kwargs)
-
-
-def network_GroupNorm_forward(self, input):
-    if shared.opts.lora_functional:
-        return network_forward(self, input, originals.GroupNorm_forward)
-    network_apply_weights(self)
-    return originals.GroupNorm_forward(self, input)
-
-
-def network_GroupNorm_load_state_dict(self, *args, **kwargs):
-    network_reset_cached_weight(self)
-    return originals.GroupNorm_load_state_dict(self, *args, **kwargs)
-
-
-def network_LayerNorm_forward(self, input):
-    if shared.opts.lora_functional:
-        return network_forward(self, input, originals.LayerNorm_forward)
-    network_apply_weights(self)
-    return originals.LayerNorm_forward(self, input)
-
-
-def network_LayerNorm_load_state_dict(self, *args, **kwargs):
-    network_reset_cached_weight(self)
-    return originals.LayerNorm_load_state_dict(self, *args, **kwargs)
-
-
-def network_MultiheadAttention_forward(self, *args, **kwargs):
-    network_apply_weights(self)
-    return originals.MultiheadAttention_forward(self, *args, **kwargs)
-
-
-def network_MultiheadAttention_load_state_dict(self, *args, **kwargs):
-    network_reset_cached_weight(self)
-    return originals.MultiheadAttention_load_state_dict(self, *args, **kwargs)
+        for root, _dirs, files in os.walk(folder, followlinks=True):
+            for file_name in sorted(files):
+                path = os.path.join(root, file_name)
+                if os.path.splitext(file_name)[1].lower() in LORA_FILE_TYPES and not os.path.isdir(path):
+                    yield path
 
 
 def process_network_files(names=None):
-    candidates = []
-    for directory in (shared.cmd_opts.lora_dir, shared.cmd_opts.lyco_dir_backcompat):
-        if not directory or not os.path.isdir(directory):
-            continue
-        for root, _, files in os.walk(directory, followlinks=True):
-            for f in sorted(files):
-                if os.path.splitext(f)[1].lower() in (".pt", ".ckpt", ".safetensors"):
-                    candidates.append(os.path.join(root, f))
-    for filename in candidates:
-        if os.path.isdir(filename):
-            continue
-        name = os.path.splitext(os.path.basename(filename))[0]
-        # a partial rescan looks only at the given names
-        if names and name not in names:
+    """List the files (only those whose base name is in `names`, when given) into the tables."""
+    only = set(names) if names else None
+    for path in _lora_paths():
+        name = os.path.splitext(os.path.basename(path))[0]
+        if only is not None and name not in only:
             continue
         try:
-            entry = network.NetworkOnDisk(name, filename)
-        except OSError:  # unreadable or vanished file: reported, the scan goes on
-            errors.report(f"Failed to load network {name} from {filename}", exc_info=True)
+            entry = network.NetworkOnDisk(name, path)
+        except OSError:
+            errors.report(f"Failed to list network {name} from {path}", exc_info=True)
             continue
-        available_networks[name] = entry
-        if entry.alias in available_network_aliases:
+        holder = available_network_aliases.get(entry.alias)
+        if holder is not None and holder.filename != path:
             forbidden_network_aliases[entry.alias.lower()] = 1
+        available_networks[name] = entry
         available_network_aliases[name] = entry
         available_network_aliases[entry.alias] = entry
 
@@ -472,10 +439,9 @@ def update_available_networks_by_names(names):
 
 
 def list_available_networks():
-    available_networks.clear()
-    available_network_aliases.clear()
-    forbidden_network_aliases.clear()
-    available_network_hash_lookup.clear()
+    for table in (available_networks, available_network_aliases, forbidden_network_aliases,
+                  available_network_hash_lookup):
+        table.clear()
     forbidden_network_aliases.update({"none": 1, "Addams": 1})
     if shared.cmd_opts.lora_dir:
         os.makedirs(shared.cmd_opts.lora_dir, exist_ok=True)
@@ -483,14 +449,11 @@ def list_available_networks():
 
 
 def infotext_pasted(infotext, params):
-    """Old "AddNet Model N" infotext fields are not modelled."""
-    return
+    """The host turns old "AddNet Model N" fields into <lora> text here; not modelled."""
 
 
-originals: lora_patches.LoraPatches = None
-
-extra_network_lora = None
-
+originals = None            # lora_patches.LoraPatches, set by scripts/lora_script.py
+extra_network_lora = None   # the ExtraNetworkLora, set in before_ui
 available_networks = {}
 available_network_aliases = {}
 loaded_networks = []

@@ -1,87 +1,85 @@
-"""Built-in Lora double: wiring (reference §2.7).  Importing this file patches the torch layers."""
+"""Built-in Lora double, ``scripts/lora_script.py``: wiring the extension into the host (reference §2.7).
+
+Executing this file patches the torch layer classes (``networks.originals``), registers the
+callbacks (layer names on model load, the ``lora`` handler — also answering ``lyco`` — in
+``before_ui``, undoing the patches on unload, the infotext paste handlers, the two API routes) and
+adds the extension's settings.  The cards page is not modelled.
+"""
 import re
 
 import extra_networks_lora
-import lora  # noqa: F401
 import lora_patches
-import network
 import networks
 from modules import extra_networks, script_callbacks, shared
-
-
-def unload():
-    networks.originals.undo()
-
-
-def before_ui():
-    networks.extra_network_lora = extra_networks_lora.ExtraNetworkLora()
-    extra_networks.register_extra_network(networks.extra_network_lora)
-    extra_networks.register_extra_network_alias(networks.extra_network_lora, "lyco")
-
+from modules.options import OptionInfo
 
 networks.originals = lora_patches.LoraPatches()
 
-script_callbacks.on_model_loaded(networks.assign_network_names_to_compvis_modules)
-script_callbacks.on_script_unloaded(unload)
-script_callbacks.on_before_ui(before_ui)
-script_callbacks.on_infotext_pasted(networks.infotext_pasted)
 
-shared.options_templates.update(shared.options_section(("extra_networks", "Extra Networks"), {
-    "sd_lora": shared.OptionInfo("None", "Add network to prompt", refresh=networks.list_available_networks),
-    "lora_preferred_name": shared.OptionInfo("Alias from file", "When adding to prompt, refer to Lora by"),
-    "lora_add_hashes_to_infotext": shared.OptionInfo(True, "Add Lora hashes to infotext"),
-    "lora_bundled_ti_to_infotext": shared.OptionInfo(True, "Add Lora name as TI hashes for bundled Textual Inversion"),
-    "lora_show_all": shared.OptionInfo(False, "Always show all networks on the Lora page"),
-    "lora_hide_unknown_for_versions": shared.OptionInfo([], "Hide networks of unknown versions for model versions"),
-    "lora_in_memory_limit": shared.OptionInfo(0, "Number of Lora networks to keep cached in memory"),
-    "lora_not_found_warning_console": shared.OptionInfo(False, "Lora not found warning in console"),
-    "lora_not_found_gradio_warning": shared.OptionInfo(False, "Lora not found warning popup in webui"),
-}))
-
-shared.options_templates.update(shared.options_section(("compatibility", "Compatibility"), {
-    "lora_functional": shared.OptionInfo(False, "Lora: add each network's output in the layer's forward instead of merging weights"),
-}))
+def _register_handler():
+    handler = extra_networks_lora.ExtraNetworkLora()
+    networks.extra_network_lora = handler
+    extra_networks.register_extra_network(handler)
+    extra_networks.register_extra_network_alias(handler, "lyco")
 
 
-def create_lora_json(obj: network.NetworkOnDisk):
-    return {"name": obj.name, "alias": obj.alias, "path": obj.filename, "metadata": obj.metadata}
+def _undo_patches():
+    networks.originals.undo()
 
 
-def api_networks(_, app):
-    @app.get("/sdapi/v1/loras")
-    async def get_loras():
-        return [create_lora_json(obj) for obj in networks.available_networks.values()]
+_EXTRA_NETWORKS = ("extra_networks", "Extra Networks")
+_COMPATIBILITY = ("compatibility", "Compatibility")
+for key, default, label, section in (
+        ("sd_lora", "None", "Add network to prompt", _EXTRA_NETWORKS),
+        ("lora_preferred_name", "Alias from file", "When adding to prompt, refer to Lora by", _EXTRA_NETWORKS),
+        ("lora_add_hashes_to_infotext", True, "Add Lora hashes to infotext", _EXTRA_NETWORKS),
+        ("lora_bundled_ti_to_infotext", True, "Add Lora name as TI hashes for bundled embeddings", _EXTRA_NETWORKS),
+        ("lora_show_all", False, "Always show all networks on the Lora page", _EXTRA_NETWORKS),
+        ("lora_hide_unknown_for_versions", [], "Hide networks of unknown versions for model versions", _EXTRA_NETWORKS),
+        ("lora_in_memory_limit", 0, "Number of Lora networks to keep cached in memory", _EXTRA_NETWORKS),
+        ("lora_not_found_warning_console", False, "Lora not found warning in console", _EXTRA_NETWORKS),
+        ("lora_not_found_gradio_warning", False, "Lora not found warning popup in webui", _EXTRA_NETWORKS),
+        ("lora_functional", False, "Lora/Networks: use the functional way of applying networks", _COMPATIBILITY)):
+    shared.opts.add_option(key, OptionInfo(default, label, section=section))
 
-    @app.post("/sdapi/v1/refresh-loras")
-    async def refresh_loras():
-        return networks.list_available_networks()
+
+def _lora_routes(demo, app):
+    def list_loras():
+        return [{"name": e.name, "alias": e.alias, "path": e.filename, "metadata": e.metadata}
+                for e in list(networks.available_networks.values())]
+
+    def refresh_loras():
+        networks.list_available_networks()
+
+    app.add_api_route("/sdapi/v1/loras", list_loras, methods=["GET"])
+    app.add_api_route("/sdapi/v1/refresh-loras", refresh_loras, methods=["POST"])
 
 
-script_callbacks.on_app_started(api_networks)
-
-re_lora = re.compile("<lora:([^:]+):")
+_LORA_TAG_NAME = re.compile(r"<lora:([^:>]+):")
 
 
-def infotext_pasted(infotext, d):
-    hashes = d.get("Lora hashes")
-    if not hashes:
+def _paste_lora_hashes(infotext, params):
+    """Point pasted ``<lora:NAME:`` tags at the local file with the "Lora hashes" short hash."""
+    by_name = {}
+    for item in str(params.get("Lora hashes") or "").split(","):
+        name, colon, shorthash = item.partition(":")
+        if colon:
+            by_name[name.strip()] = shorthash.strip()
+    if not by_name or not params.get("Prompt"):
         return
-    hashes = [x.strip().split(":", 1) for x in hashes.split(",")]
-    hashes = {x[0].strip().replace(",", ""): x[1].strip() for x in hashes}
 
-    def network_replacement(m):
-        alias = m.group(1)
-        shorthash = hashes.get(alias)
-        if shorthash is None:
-            return m.group(0)
-        network_on_disk = networks.available_network_hash_lookup.get(shorthash)
-        if network_on_disk is None:
-            return m.group(0)
-        return f"<lora:{network_on_disk.get_alias()}:"
+    def local(match):
+        entry = networks.available_network_hash_lookup.get(by_name.get(match.group(1), ""))
+        return match.group(0) if entry is None else f"<lora:{entry.get_alias()}:"
 
-    d["Prompt"] = re.sub(re_lora, network_replacement, d["Prompt"])
+    params["Prompt"] = _LORA_TAG_NAME.sub(local, params["Prompt"])
 
 
-script_callbacks.on_infotext_pasted(infotext_pasted)
+script_callbacks.on_model_loaded(networks.assign_network_names_to_compvis_modules)
+script_callbacks.on_script_unloaded(_undo_patches)
+script_callbacks.on_before_ui(_register_handler)
+script_callbacks.on_infotext_pasted(networks.infotext_pasted)
+script_callbacks.on_app_started(_lora_routes)
+script_callbacks.on_infotext_pasted(_paste_lora_hashes)
 
 shared.opts.onchange("lora_in_memory_limit", networks.purge_networks_from_memory)
