@@ -1,42 +1,39 @@
-"""Test double of the WebUI's ``scripts/xyz_grid.py`` (the X/Y/Z plot), written from
-the host facts (reference A1111_HOST_API.md) §5 — the parts an extension's axes meet:
+"""Test double of the WebUI's root script ``scripts/xyz_grid.py`` (the X/Y/Z plot), written from the
+host facts in reference A1111_HOST_API.md §5 — the parts a third-party axis meets:
 
 * ``AxisOption(label, type, apply, format_value=format_value_add_label, confirm=None, cost=0.0,
-  choices=None, prepare=None)`` and the ``AxisOptionImg2Img`` / ``AxisOptionTxt2Img`` variants,
-  the module-level ``axis_options`` list and its helpers;
-* ``Script.ui(is_img2img)`` copying the list into ``current_axis_options`` (entries whose type is
-  exactly ``AxisOption``, or whose ``is_img2img`` matches the tab); axis types are indices into it;
-* ``process_axis``: dropdown values / ``prepare`` / ``csv_string_to_list_strip``, int and float
-  range expansion, ``opt.type`` conversion, then ``confirm(p, values)`` — for all three axes
-  before any cell runs;
-* per cell a shallow ``copy(p)`` with a copied ``styles`` list, ``apply`` of x, y, z in that order,
-  then ``process_images(pc)``; the costliest axis is iterated outermost; labels come from
-  ``format_value(p, opt, value)``.
+  choices=None, prepare=None)`` with the ``AxisOptionTxt2Img`` / ``AxisOptionImg2Img`` variants
+  (``is_img2img`` False / True), and the module-level ``axis_options`` list ("Nothing" first);
+* ``Script.ui(is_img2img)`` copies into ``current_axis_options`` the entries whose class is exactly
+  ``AxisOption`` or whose ``is_img2img`` matches the tab; ``run`` gets axis types as indices into it;
+* the values of an axis: "Nothing" → ``[0]``; a dropdown's list when the axis has ``choices`` and
+  "Use text inputs instead of dropdowns" (``csv_mode``) is off; else ``prepare(text)`` when set;
+  else the CSV fields of the text (double quotes may hold commas), stripped.  ``int`` and ``float``
+  axes expand ``a-b``, ``a-b (+step)`` and ``a-b [count]``; then every value goes through
+  ``type``, and ``confirm(p, values)`` runs — for all three axes before any cell;
+* each cell is a shallow ``copy(p)`` with its own ``styles`` list, x, y, z applied in that order,
+  then ``modules.processing.process_images``; the costliest axis is the outermost loop (on a tie
+  z is outside y, y outside x).
 
-Load it the way the host does: ``importlib.util.spec_from_file_location("xyz_grid.py", path)``,
-so its classes report ``__module__ == "xyz_grid.py"`` and it is not put in ``sys.modules``.
-Drawing the grid image is not modelled: ``run`` returns an ``XyzResult`` with every cell's
-result and copy of ``p``.
+Only a few built-in axes are defined (Nothing, Seed, Steps, CFG Scale).  No grid image is drawn:
+``run`` returns an ``XyzResult``.  Load the file the way the host does (``modules.script_loading``):
+its classes then report ``__module__ == "xyz_grid.py"`` and it is not in ``sys.modules``.
 """
 import csv
+import itertools
+import json
 import random
 import re
-from collections import namedtuple
 from copy import copy
 from io import StringIO
-from itertools import chain, permutations
 
-import numpy as np
-
-try:  # the host double's `modules` package, when it is on sys.path (a module, not a class, is bound
-    import modules.scripts as scripts  # here: the host registers every Script subclass in the namespace)
-except ImportError:  # pragma: no cover - used only without the host double
+try:  # the double's `modules`; bound as a module so the loader does not also register its base Script
+    import modules.scripts as scripts
+except ImportError:  # pragma: no cover - only when read outside the double
     scripts = None
 
-AxisInfo = namedtuple("AxisInfo", ["axis", "values"])
 
-
-# --- helpers the module offers to axis definitions ------------------------------------------
+# --- helpers for axis definitions ------------------------------------------------------------
 
 def apply_field(name):
     def apply(p, x, xs):
@@ -44,82 +41,33 @@ def apply_field(name):
     return apply
 
 
-def apply_prompt(p, x, xs):
-    """Prompt S/R: the first value must occur in the prompt or the negative prompt."""
-    if xs[0] not in p.prompt and xs[0] not in p.negative_prompt:
-        raise RuntimeError(f"Prompt S/R did not find {xs[0]} in prompt or negative prompt.")
-    p.prompt = p.prompt.replace(xs[0], x)
-    p.negative_prompt = p.negative_prompt.replace(xs[0], x)
-
-
-def apply_override(name, boolean=False):
-    def apply(p, x, xs):
-        if boolean:
-            x = x.lower() == "true"
-        p.override_settings[name] = x
-    return apply
-
-
-def boolean_choice(reverse=False):
-    def choices():
-        return ["False", "True"] if reverse else ["True", "False"]
-    return choices
+def format_value(p, opt, x):
+    return round(x, 8) if isinstance(x, float) else x
 
 
 def format_value_add_label(p, opt, x):
-    if type(x) is float:
-        x = round(x, 8)
-    return f"{opt.label}: {x}"
-
-
-def format_value(p, opt, x):
-    if type(x) is float:
-        x = round(x, 8)
-    return x
-
-
-def format_value_join_list(p, opt, x):
-    return ", ".join(x)
-
-
-def do_nothing(p, x, xs):
-    pass
+    return f"{opt.label}: {format_value(p, opt, x)}"
 
 
 def format_nothing(p, opt, x):
     return ""
 
 
-def format_remove_path(p, opt, x):
-    import os
-    return os.path.basename(x)
-
-
-def str_permutations(x):
-    """Marker type: the axis values become all permutations of the list."""
-    return x
+def do_nothing(p, x, xs):
+    pass
 
 
 def list_to_csv_string(data_list):
-    with StringIO() as out:
-        csv.writer(out).writerow(data_list)
-        return out.getvalue().strip()
+    buffer = StringIO()
+    csv.writer(buffer).writerow(data_list)
+    return buffer.getvalue().strip()
 
 
 def csv_string_to_list_strip(data_str):
-    rows = csv.reader(StringIO(data_str), skipinitialspace=True)
-    return [value.strip() for value in chain.from_iterable(rows)]
+    return [field.strip() for row in csv.reader(StringIO(data_str), skipinitialspace=True) for field in row]
 
 
-def confirm_range(min_val, max_val, axis_label):
-    def confirm(p, xs):
-        for x in xs:
-            if not (max_val >= x >= min_val):
-                raise ValueError(f'{axis_label} value "{x}" out of range [{min_val}, {max_val}]')
-    return confirm
-
-
-# --- axis classes -------------------------------------------------------------------------
+# --- axis classes ---------------------------------------------------------------------------------
 
 class AxisOption:
     def __init__(self, label, type, apply, format_value=format_value_add_label, confirm=None, cost=0.0,
@@ -130,8 +78,8 @@ class AxisOption:
         self.format_value = format_value
         self.confirm = confirm
         self.cost = cost
-        self.prepare = prepare
         self.choices = choices
+        self.prepare = prepare
 
 
 class AxisOptionImg2Img(AxisOption):
@@ -149,150 +97,107 @@ class AxisOptionTxt2Img(AxisOption):
 axis_options = [
     AxisOption("Nothing", str, do_nothing, format_value=format_nothing),
     AxisOption("Seed", int, apply_field("seed")),
-    AxisOption("Var. seed", int, apply_field("subseed")),
-    AxisOption("Var. strength", float, apply_field("subseed_strength")),
     AxisOption("Steps", int, apply_field("steps")),
-    AxisOptionTxt2Img("Hires steps", int, apply_field("hr_second_pass_steps")),
     AxisOption("CFG Scale", float, apply_field("cfg_scale")),
-    AxisOptionImg2Img("Image CFG Scale", float, apply_field("image_cfg_scale")),
-    AxisOption("Prompt S/R", str, apply_prompt, format_value=format_value),
-    AxisOption("Prompt order", str_permutations, do_nothing, format_value=format_value_join_list),
-    AxisOption("Denoising", float, apply_field("denoising_strength")),
-    AxisOption("Token merging ratio", float, apply_override("token_merging_ratio")),
 ]
 
 
-# --- value splitting and range expansion -----------------------------------------------------
+# --- axis values --------------------------------------------------------------------------------
 
-_INT = r"[+-]?\s*\d+"
-_FLOAT = r"[+-]?\s*\d+(?:\.\d*)?"
-re_range = re.compile(rf"\s*({_INT})\s*-\s*({_INT})(?:\s*\(([+-]\d+)\s*\))?\s*")
-re_range_float = re.compile(rf"\s*({_FLOAT})\s*-\s*({_FLOAT})(?:\s*\(([+-]\d+(?:\.\d*)?)\s*\))?\s*")
-re_range_count = re.compile(rf"\s*({_INT})\s*-\s*({_INT})(?:\s*\[(\d+)\s*\])?\s*")
-re_range_count_float = re.compile(rf"\s*({_FLOAT})\s*-\s*({_FLOAT})(?:\s*\[(\d+(?:\.\d*)?)\s*\])?\s*")
+_NUM = r"[+-]?\s*\d+(?:\.\d*)?"
+_RANGE = re.compile(rf"\s*({_NUM})\s*-\s*({_NUM})\s*(?:\(\s*({_NUM})\s*\)|\[\s*(\d+)\s*\])?\s*")
 
 
-def _number(text):
-    return text.replace(" ", "")
+def _linspace(start, end, count):
+    if count == 1:
+        return [start]
+    return [start + (end - start) * k / (count - 1) for k in range(count)]
 
 
-def _expand_int(values):
+def _expand_ranges(values, number):
+    """Replace every ``a-b``, ``a-b (+step)`` or ``a-b [count]`` by its numbers; drop empty values."""
     out = []
-    for val in values:
-        if val == "":
+    for text in values:
+        if text == "":
             continue
-        m, mc = re_range.fullmatch(val), re_range_count.fullmatch(val)
-        if m is not None:
-            start, end = int(_number(m.group(1))), int(_number(m.group(2))) + 1
-            step = int(m.group(3)) if m.group(3) is not None else 1
-            out += list(range(start, end, step))
-        elif mc is not None:
-            start, end = int(_number(mc.group(1))), int(_number(mc.group(2)))
-            num = int(mc.group(3)) if mc.group(3) is not None else 1
-            out += [int(x) for x in np.linspace(start=start, stop=end, num=num).tolist()]
-        else:
-            out.append(val)
+        m = _RANGE.fullmatch(text)
+        if m is None:
+            out.append(text)
+            continue
+        start, end = (number(g.replace(" ", "")) for g in (m[1], m[2]))
+        if m[4] is not None:
+            out += [number(v) for v in _linspace(start, end, int(m[4]))]
+            continue
+        step = number(m[3].replace(" ", "")) if m[3] else 1
+        if number is int:
+            out += list(range(start, end + 1, step))
+        else:  # end included when the steps land on it
+            count = int((end - start) / step + 1e-9) + 1 if (end - start) * step >= 0 else 0
+            out += [start + k * step for k in range(count)]
     return out
 
 
-def _expand_float(values):
-    out = []
-    for val in values:
-        if val == "":
-            continue
-        m, mc = re_range_float.fullmatch(val), re_range_count_float.fullmatch(val)
-        if m is not None:
-            start, end = float(_number(m.group(1))), float(_number(m.group(2)))
-            step = float(m.group(3)) if m.group(3) is not None else 1
-            out += np.arange(start, end + step, step).tolist()
-        elif mc is not None:
-            start, end = float(_number(mc.group(1))), float(_number(mc.group(2)))
-            num = int(mc.group(3)) if mc.group(3) is not None else 1
-            out += np.linspace(start=start, stop=end, num=num).tolist()
-        else:
-            out.append(val)
-    return out
-
-
-def process_axis(p, opt, vals, vals_dropdown, csv_mode=False):
-    """The values of one axis, converted and confirmed (the host's nested process_axis)."""
+def process_axis(p, opt, text, dropdown, csv_mode=False):
+    """The converted, confirmed values of one axis (see the module docstring)."""
     if opt.label == "Nothing":
         return [0]
     if opt.choices is not None and not csv_mode:
-        valslist = vals_dropdown
+        values = list(dropdown)
     elif opt.prepare is not None:
-        valslist = opt.prepare(vals)
+        values = opt.prepare(text)
     else:
-        valslist = csv_string_to_list_strip(vals)
-    if opt.type == int:
-        valslist = _expand_int(valslist)
-    elif opt.type == float:
-        valslist = _expand_float(valslist)
-    elif opt.type == str_permutations:
-        valslist = list(permutations(valslist))
-    valslist = [opt.type(x) for x in valslist]
+        values = csv_string_to_list_strip(text)
+    if opt.type in (int, float):
+        values = _expand_ranges(values, opt.type)
+    values = [opt.type(v) for v in values]
     if opt.confirm:
-        opt.confirm(p, valslist)
-    return valslist
+        opt.confirm(p, values)
+    return values
 
 
-def _fixed_seed(seed):
-    if seed is None or seed == "" or seed == -1:
-        return int(random.randrange(4294967294))
-    return seed
+def _concrete_seed(seed):
+    return random.randrange(4294967294) if seed in (None, "", -1) else seed
 
 
-def fix_seed(p):
-    p.seed = _fixed_seed(p.seed)
-    p.subseed = _fixed_seed(getattr(p, "subseed", -1))
-
-
-def _loop_order(x_opt, y_opt, z_opt):
-    """(outer, middle) axes: the costliest axis outermost, as the host orders them."""
-    first, second = "z", "y"
-    if x_opt.cost > y_opt.cost and x_opt.cost > z_opt.cost:
-        first, second = "x", ("y" if y_opt.cost > z_opt.cost else "z")
-    elif y_opt.cost > x_opt.cost and y_opt.cost > z_opt.cost:
-        first, second = "y", ("x" if x_opt.cost > z_opt.cost else "z")
-    elif z_opt.cost > x_opt.cost and z_opt.cost > y_opt.cost:
-        first, second = "z", ("x" if x_opt.cost > y_opt.cost else "y")
-    return first, second
-
-
-Control = namedtuple("Control", ["name", "value"])
-
+# --- the result ---------------------------------------------------------------------------------
 
 class XyzResult:
-    """What the double's run returns in place of the host's Processed with the grid image:
-    every cell's result, the labels, and ``images``/``info`` for the API double (the cells' first
-    images in the host's grid order ``ix + iy·len(xs) + iz·len(xs)·len(ys)``; no grid is drawn).
+    """What ``run`` returns instead of the host's grid: the values and labels of each axis, and per
+    cell ``(ix, iy, iz)`` the result of ``process_images`` (``cells``, None when it raised), the
+    processing copy it ran (``copies``) and the exception (``errors``).  ``images`` are the cells'
+    first images in the host's grid order (x fastest, then y, then z); ``info`` is JSON."""
 
-    (A plain class: the module is not in sys.modules, where dataclasses would look.)"""
-
-    def __init__(self, xs, ys, zs, x_labels, y_labels, z_labels):
-        self.xs, self.ys, self.zs = xs, ys, zs
-        self.x_labels, self.y_labels, self.z_labels = x_labels, y_labels, z_labels
-        self.cells = {}    # (ix, iy, iz) → result of process_images
-        self.copies = {}   # (ix, iy, iz) → the processing copy it ran
-        self.errors = {}   # (ix, iy, iz) → exception shown by the host
-        self.order = []    # (ix, iy, iz) in the order cells ran
+    def __init__(self, axes):
+        (self.xs, self.x_labels), (self.ys, self.y_labels), (self.zs, self.z_labels) = axes
+        self.cells, self.copies, self.errors = {}, {}, {}
 
     @property
     def images(self):
-        out = []
-        for iz in range(len(self.zs)):
-            for iy in range(len(self.ys)):
-                for ix in range(len(self.xs)):
-                    res = self.cells.get((ix, iy, iz))
-                    out.append(res.images[0] if res is not None and res.images else None)
-        return out
+        shown = []
+        for iz, iy, ix in itertools.product(range(len(self.zs)), range(len(self.ys)), range(len(self.xs))):
+            cell = self.cells.get((ix, iy, iz))
+            shown.append(cell.images[0] if cell is not None and cell.images else None)
+        return shown
 
     @property
     def info(self):
-        import json
         return json.dumps({"x_labels": [str(v) for v in self.x_labels], "y_labels": [str(v) for v in self.y_labels],
                            "z_labels": [str(v) for v in self.z_labels],
                            "errors": {str(k): str(v) for k, v in self.errors.items()}})
+
+
+class Control:
+    """A UI control of the double: what the runner needs is the value it starts with."""
+
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+
+_CONTROLS = (("x_type", 1), ("x_values", ""), ("x_values_dropdown", []),
+             ("y_type", 0), ("y_values", ""), ("y_values_dropdown", []),
+             ("z_type", 0), ("z_values", ""), ("z_values_dropdown", []),
+             ("draw_legend", True), ("include_lone_images", False), ("include_sub_grids", False),
+             ("no_fixed_seeds", False), ("margin_size", 0), ("csv_mode", False))
 
 
 class Script(scripts.Script if scripts is not None else object):
@@ -303,68 +208,45 @@ class Script(scripts.Script if scripts is not None else object):
         return True
 
     def ui(self, is_img2img):
-        self.current_axis_options = [x for x in axis_options if type(x) == AxisOption or x.is_img2img == is_img2img]
-        # the controls, in the host's order, with the values the host's components start with
-        # (the axis-type dropdowns are index-typed: their value reaches run() as an index)
-        return [Control(name, value) for name, value in (
-            ("x_type", 1), ("x_values", ""), ("x_values_dropdown", []),
-            ("y_type", 0), ("y_values", ""), ("y_values_dropdown", []),
-            ("z_type", 0), ("z_values", ""), ("z_values_dropdown", []),
-            ("draw_legend", True), ("include_lone_images", False), ("include_sub_grids", False),
-            ("no_fixed_seeds", False), ("margin_size", 0), ("csv_mode", False))]
+        self.current_axis_options = [o for o in axis_options
+                                     if type(o) is AxisOption or o.is_img2img == is_img2img]
+        return [Control(name, value) for name, value in _CONTROLS]
 
     def run(self, p, x_type, x_values, x_values_dropdown, y_type, y_values, y_values_dropdown,
             z_type, z_values, z_values_dropdown, draw_legend=True, include_lone_images=False,
             include_sub_grids=False, no_fixed_seeds=False, margin_size=0, csv_mode=False):
-        from modules import processing
-
         if not no_fixed_seeds:
-            fix_seed(p)
-
-        axes = []
-        for opt_index, values, dropdown in ((x_type, x_values, x_values_dropdown),
-                                            (y_type, y_values, y_values_dropdown),
-                                            (z_type, z_values, z_values_dropdown)):
-            opt = self.current_axis_options[opt_index]
-            if opt.choices is not None and not csv_mode:
-                values = list_to_csv_string(dropdown)
-            axes.append((opt, process_axis(p, opt, values, dropdown, csv_mode)))
-        (x_opt, xs), (y_opt, ys), (z_opt, zs) = axes
-
-        if not no_fixed_seeds:
-            xs, ys, zs = (self._fix_axis_seeds(o, v) for o, v in axes)
-
-        result = XyzResult(xs, ys, zs,
-                           [x_opt.format_value(p, x_opt, x) for x in xs],
-                           [y_opt.format_value(p, y_opt, y) for y in ys],
-                           [z_opt.format_value(p, z_opt, z) for z in zs])
-
-        def cell(ix, iy, iz):
-            pc = copy(p)
-            pc.styles = list(getattr(pc, "styles", []) or [])[:]
-            x_opt.apply(pc, xs[ix], xs)
-            y_opt.apply(pc, ys[iy], ys)
-            z_opt.apply(pc, zs[iz], zs)
-            result.copies[ix, iy, iz] = pc
-            result.order.append((ix, iy, iz))
-            try:
-                result.cells[ix, iy, iz] = processing.process_images(pc)
-            except Exception as exc:  # the host displays the error and leaves the cell empty
-                result.errors[ix, iy, iz] = exc
-                result.cells[ix, iy, iz] = None
-
-        sizes = {"x": len(xs), "y": len(ys), "z": len(zs)}
-        first, second = _loop_order(x_opt, y_opt, z_opt)
-        third = ({"x", "y", "z"} - {first, second}).pop()
-        for a in range(sizes[first]):
-            for b in range(sizes[second]):
-                for c in range(sizes[third]):
-                    idx = {first: a, second: b, third: c}
-                    cell(idx["x"], idx["y"], idx["z"])
+            p.seed = _concrete_seed(p.seed)
+            p.subseed = _concrete_seed(getattr(p, "subseed", -1))
+        options, values = [], []
+        for index, text, dropdown in ((x_type, x_values, x_values_dropdown), (y_type, y_values, y_values_dropdown),
+                                      (z_type, z_values, z_values_dropdown)):
+            opt = self.current_axis_options[index]
+            found = process_axis(p, opt, text, dropdown, csv_mode)
+            if not no_fixed_seeds and opt.label == "Seed":
+                found = [_concrete_seed(v) for v in found]
+            options.append(opt)
+            values.append(found)
+        result = XyzResult([(vals, [opt.format_value(p, opt, v) for v in vals]) for opt, vals in zip(options, values)])
+        outer_first = sorted((2, 1, 0), key=lambda axis: options[axis].cost, reverse=True)
+        for picks in itertools.product(*(range(len(values[axis])) for axis in outer_first)):
+            cell = [0, 0, 0]
+            for axis, pick in zip(outer_first, picks):
+                cell[axis] = pick
+            self._run_cell(p, options, values, tuple(cell), result)
         return result
 
     @staticmethod
-    def _fix_axis_seeds(opt, values):
-        if opt.label in ("Seed", "Var. seed"):
-            return [_fixed_seed(v) for v in values]
-        return values
+    def _run_cell(p, options, values, cell, result):
+        from modules import errors, processing
+        pc = copy(p)
+        pc.styles = list(getattr(p, "styles", None) or [])
+        for opt, vals, pick in zip(options, values, cell):
+            opt.apply(pc, vals[pick], vals)
+        result.copies[cell] = pc
+        try:
+            result.cells[cell] = processing.process_images(pc)
+        except Exception as exc:  # the host shows the error and leaves the cell empty
+            errors.display(exc, "generating an X/Y/Z plot cell")
+            result.errors[cell] = exc
+            result.cells[cell] = None
