@@ -1,6 +1,7 @@
 """The Python API: load, merge, realize, save (and Σ on a live torch model in live_sigma)."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -65,9 +66,10 @@ def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float
     """Bake Σ (text or per-rank list), lbw and te/unet multipliers into a plain LoRA (what `<ljl:…>` applies)."""
     lora = lora if isinstance(lora, LoraFile) else load_lora(lora)
     layout = layout_of(lora)
-    per_rank = parse_sigma(sigma, layout) if isinstance(sigma, str) else [float(v) for v in sigma]
-    if len(per_rank) != layout.total_rank:
-        raise LoraMergeError(f"Σ has {len(per_rank)} values; expected {layout.total_rank} (one per rank)")
+    per_rank = parse_sigma(sigma, layout)  # text, a number, or a list per component or per rank
+    for label, value in (("te", te), ("unet", unet)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LoraMergeError(f"{label} multiplier {value!r} is not a finite number")
     weights = parse_lbw(lbw, lora.family, presets) if lbw else None  # preset.txt is read for names only
     out = realize_lora(lora, layout, per_rank, weights, te, unet)
     source = {"file": os.path.basename(lora.path) if lora.path else None,

@@ -136,10 +136,10 @@ def _common_family(loras: list[LoraFile], names: list[str]) -> str:
 
 
 def input_lbw_specs(lbw, n: int) -> list[str | None]:
-    """One lbw spec per input (None: none; a single spec applies to all; empty means none)."""
+    """One lbw spec per input (None: none; a single spec, alone or in a list, applies to all; empty means none)."""
     if lbw is None:
         return [None] * n
-    specs = list(lbw)
+    specs = [lbw] if isinstance(lbw, str) else list(lbw)
     if len(specs) == 1 and n > 1:
         specs = specs * n
     if len(specs) != n:

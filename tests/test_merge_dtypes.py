@@ -91,3 +91,34 @@ def test_numeric_lbw_does_not_need_the_preset_file(half_pair, monkeypatch, tmp_p
     for call in (lambda: api.merge([a, b], lbw=["MIDD", ""]), lambda: api.realize(joined, "1,0", lbw="MIDD")):
         with pytest.raises(LoraMergeError, match="cannot read the preset file"):
             call()
+
+
+def test_one_lbw_string_applies_to_every_input(half_pair):
+    a, b = half_pair
+    as_string = api.merge([a, b], lbw="MIDD").lora
+    as_list = api.merge([a, b], lbw=["MIDD"]).lora
+    for name, m in as_list.modules.items():
+        assert torch.equal(m.up, as_string.modules[name].up) and torch.equal(m.down, as_string.modules[name].down)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sigma=[1.0, float("nan")]), "is not a number"),
+    (dict(sigma="1,0", te=float("nan")), "te multiplier"),
+    (dict(sigma="1,0", unet=float("inf")), "unet multiplier"),
+])
+def test_realize_refuses_non_finite_values(half_pair, kwargs, message):
+    from lora_merge_ext.errors import LoraMergeError
+    a, b = half_pair
+    joined = api.merge([a, b]).lora
+    with pytest.raises(LoraMergeError, match=message):
+        api.realize(joined, **kwargs)
+
+
+def test_realize_takes_sigma_lists_per_component_or_per_rank(half_pair):
+    a, b = half_pair  # ranks 4 and 2
+    joined = api.merge([a, b]).lora
+    per_component = api.realize(joined, [0.5, 2.0]).modules
+    per_rank = api.realize(joined, [0.5] * 4 + [2.0] * 2).modules
+    text = api.realize(joined, "0.5,2").modules
+    for name, m in text.items():
+        assert torch.equal(per_component[name].up, m.up) and torch.equal(per_rank[name].down, m.down)
