@@ -80,10 +80,13 @@ def timed_merge(paths, out: Path, mode: str, rank: int | None, device: str) -> t
 
 
 def peak_rss_of_svd(paths: list[Path], out: Path, rank: int, device: str) -> int:
-    code = ("import resource, sys; from lora_merge_ext import api; "
+    """Peak resident memory of an svd merge + save in a fresh process.  Read from VmHWM, the high-water
+    mark of the process's own memory: getrusage's ru_maxrss would also count this (large) parent,
+    whose high-water mark a child inherits when it is started with fork/vfork and exec."""
+    code = ("import re; from lora_merge_ext import api; "
             f"r = api.merge({[str(p) for p in paths]!r}, mode='svd', rank={rank}, device={device!r}, dtype='fp16'); "
             f"api.save(r.lora, {str(out)!r}, dtype='fp16', overwrite=True); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(re.search(r'VmHWM:\\s*(\\d+) kB', open('/proc/self/status').read()).group(1))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return int(done.stdout.strip().splitlines()[-1]) * 1024
 
@@ -106,17 +109,18 @@ def main() -> None:
             row = {"config": f"{family} r{rank}", "inputs_MiB": in_size / 2 ** 20}
             t_concat, t_floor = [], []
             for k in range(REPEATS):
-                t_concat.append(timed_merge(paths, tmp / f"concat{k}.safetensors", "concat", None, args.device)[0])
-                t_floor.append(io_floor(paths, tmp / "concat0.safetensors", k))
+                t_concat.append(timed_merge(paths, tmp / f"{spec}_{rank}_concat{k}.safetensors", "concat", None,
+                                            args.device)[0])
+                t_floor.append(io_floor(paths, tmp / f"{spec}_{rank}_concat0.safetensors", k))
             t_concat, t_floor = min(t_concat), min(t_floor)
             row.update(concat_s=t_concat, io_floor_s=t_floor, concat_vs_io=t_concat / t_floor)
-            t_svd, result = timed_merge(paths, tmp / "svd.safetensors", "svd", rank, args.device)
+            t_svd, result = timed_merge(paths, tmp / f"{spec}_{rank}_svd.safetensors", "svd", rank, args.device)
             row.update(svd_s=t_svd, svd_error=result.report.summary()["mean_error"])
             if not args.no_dense and (args.dense_all or (family, rank) == ("SD1.5", 32)):
                 t_dense, dense_err = dense_svd_baseline(paths, [1.0, -0.5], rank)
                 row.update(dense_s=t_dense, dense_error=dense_err, speedup=t_dense / t_svd)
-            peak = peak_rss_of_svd(paths, tmp / "svd_mem.safetensors", rank, args.device)
-            out_size = (tmp / "svd_mem.safetensors").stat().st_size
+            peak = peak_rss_of_svd(paths, tmp / f"{spec}_{rank}_svd_mem.safetensors", rank, args.device)
+            out_size = (tmp / f"{spec}_{rank}_svd_mem.safetensors").stat().st_size
             row.update(peak_GiB=peak / GiB, budget_GiB=(in_size + out_size + GiB) / GiB)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
