@@ -8,8 +8,8 @@ import torch
 
 from .errors import LoraMergeError
 from .family import detect_family
-from .key_names import is_sgm_name, sdxl_unet_to_sgm, split_key, unsupported_type
 from .finite_check import find_nonfinite
+from .key_names import is_sgm_name, sdxl_unet_to_sgm, split_key, unsupported_type
 from .lora_file import LoraFile, LoraModule
 from .safetensors_io import read_state_file
 from .workers import one_torch_thread
@@ -59,7 +59,8 @@ def _holds_nonfinite(roles: dict[str, torch.Tensor], module: LoraModule, bad_ids
         return True
     if module.alpha is not None and not math.isfinite(module.alpha):
         return True
-    derived = [f for f, role in ((module.down, "down"), (module.up, "up")) if f.dtype != roles[role].dtype or "mid" in roles]
+    derived = [f for f, role in ((module.down, "down"), (module.up, "up"))
+               if f.dtype != roles[role].dtype or "mid" in roles]
     return any(not bool(torch.isfinite(f).all()) for f in derived)
 
 
