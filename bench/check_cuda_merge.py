@@ -24,7 +24,8 @@ def main() -> None:
             results = {}
             for device in ("cpu", "cuda"):
                 start = time.perf_counter()
-                results[device] = api.merge(paths, mode=mode, rank=32, weights=[1, -0.5], device=device, report=True)
+                rank = {"rank": 32} if mode == "svd" else {}
+                results[device] = api.merge(paths, mode=mode, **rank, weights=[1, -0.5], device=device, report=True)
                 print(f"{mode:6} {device:4} {time.perf_counter() - start:6.2f} s  "
                       f"mean error {results[device].report.summary()['mean_error']:.3g}")
             worst = max(float((results["cpu"].lora.modules[n].delta() - m.delta()).norm() / m.delta().norm())

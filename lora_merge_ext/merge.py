@@ -158,6 +158,10 @@ def _ranks(mode, rank, conv_rank, energy, loras):
         if value is not None and (int(value) != value or value < 1):
             raise LoraMergeError(f"{label} {value} must be a positive whole number")
     if mode != "svd":
+        given = [label for label, value in (("rank", rank), ("conv rank", conv_rank), ("energy", energy))
+                 if value is not None]
+        if given:
+            raise LoraMergeError(f"{' and '.join(given)} only apply to svd merges (mode {mode} keeps every rank)")
         return rank, conv_rank
     if rank is None and energy is None:
         rank = max(lora.max_rank for lora in loras)

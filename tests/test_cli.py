@@ -67,6 +67,8 @@ def test_svd_with_lbw_per_input(files):
     (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1,1,1"], "expected 1 or 4"),
     (["realize", "{a}", "-o", "{d}/x.safetensors", "--sigma", "1", "--lbw", "1,1"], "2"),
     (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--rank", "two"], "two"),
+    (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--rank", "2", "--energy", "0.9"],
+     "rank and energy only apply to svd merges"),
     (["inspect", "{d}"], "folder|directory"),
     (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--weights=1,,0.5"], "--weights '1,,0.5' has an empty entry"),
     (["merge", "{a}", "{b}", "-o", "{d}/x.safetensors", "--weights=1_0,1"], "'1_0' is not a number"),

@@ -20,6 +20,10 @@ def half_pair(tmp_path):
     return a, b
 
 
+def _svd_rank(mode, rank):
+    return {"rank": rank} if mode == "svd" else {}
+
+
 def _target(paths, weights):
     out = {}
     for path, w in zip(paths, weights):
@@ -37,7 +41,7 @@ def _max_relative(got, want):
 def test_half_inputs_merge_in_float32(half_pair, tmp_path, mode):
     """Saved as fp32, the merge of fp16/bf16 files is exact to float32 precision, not to half precision."""
     a, b = half_pair
-    result = api.merge([a, b], mode=mode, weights=[0.7, -1.3], rank=6)
+    result = api.merge([a, b], mode=mode, weights=[0.7, -1.3], **_svd_rank(mode, 6))
     got = dense_deltas(api.save(result.lora, tmp_path / "out.safetensors").path)
     assert _max_relative(got, _target([a, b], [0.7, -1.3])) < 2e-5  # fp16 rounding alone would be ~5e-4
 
@@ -61,8 +65,8 @@ def test_each_factor_is_rounded_once_to_the_save_dtype(half_pair, tmp_path, mode
     a, b = half_pair
     if mode == "add":
         b = make_lora(tmp_path / "b4.safetensors", "sd15_locon", rank=4, alpha=1.0, seed=5, keep=KEEP, dtype=torch.float32)
-    wide = api.merge([a, b], mode=mode, weights=[0.7, -1.3], rank=3)
-    narrow = api.merge([a, b], mode=mode, weights=[0.7, -1.3], rank=3, dtype=dtype)
+    wide = api.merge([a, b], mode=mode, weights=[0.7, -1.3], **_svd_rank(mode, 3))
+    narrow = api.merge([a, b], mode=mode, weights=[0.7, -1.3], **_svd_rank(mode, 3), dtype=dtype)
     for name, m in wide.lora.modules.items():
         n = narrow.lora.modules[name]
         assert n.up.dtype == n.down.dtype == DTYPES[dtype]
@@ -122,3 +126,11 @@ def test_realize_takes_sigma_lists_per_component_or_per_rank(half_pair):
     text = api.realize(joined, "0.5,2").modules
     for name, m in text.items():
         assert torch.equal(per_component[name].up, m.up) and torch.equal(per_rank[name].down, m.down)
+
+
+@pytest.mark.parametrize("mode", ["concat", "add"])
+@pytest.mark.parametrize("option", [dict(rank=2), dict(conv_rank=2), dict(energy=0.9)])
+def test_svd_options_outside_svd_are_refused(half_pair, mode, option):
+    from lora_merge_ext.errors import LoraMergeError
+    with pytest.raises(LoraMergeError, match="only apply to svd merges"):
+        api.merge(list(half_pair), mode=mode, **option)
