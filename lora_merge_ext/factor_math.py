@@ -47,7 +47,7 @@ def stacked(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
             torch.cat([d.float() for _, d, _ in parts], dim=0))
 
 
-def singular_factors(a: torch.Tensor, b: torch.Tensor):
+def singular_factors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(Qa, U, S, Vh, Qb) with a @ b = (Qa·U)·diag(S)·(Vh·Qbᵀ): QR of both stacked factors and an SVD of
     the small core, so no out×in matrix is ever built."""
     qa, ra = torch.linalg.qr(a)

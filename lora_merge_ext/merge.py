@@ -9,7 +9,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import LoraMergeError
-from .factor_math import Part, add_parts, concat_parts, relative_error, stacked, svd_parts
+from .factor_math import add_parts, concat_parts, relative_error, stacked, svd_parts
 from .family import LABELS
 from .layout import METADATA_KEY, JoinLayout
 from .lbw import lbw_factor, parse_lbw

@@ -60,11 +60,11 @@ def read_tag(items) -> TagRequest:
         elif index != 1:
             raise LoraMergeError(f"unexpected item '{show(item)}'; write {FORM}")
     if "dyn" in options:
-        raise LoraMergeError(f"dyn= is not supported by <ljl>; choose ranks with a per-rank vector")
+        raise LoraMergeError("dyn= is not supported by <ljl>; choose ranks with a per-rank vector")
     te = _multiplier(options["te"], "te") if "te" in options else 1.0
     unet = _multiplier(options["unet"], "unet") if "unet" in options else te
     lbw = options.get("lbw")
     if lbw is not None and not lbw.strip():
-        raise LoraMergeError(f"lbw= is empty; give a preset name or block weights")
+        raise LoraMergeError("lbw= is empty; give a preset name or block weights")
     return TagRequest(tag.name, tag.vector if tag.vector is not None else "1", te, unet,
                       lbw.strip() if lbw is not None else None, text)
