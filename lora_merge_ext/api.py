@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import LoraMergeError
+from .factor_arena import ALPHA_KEY, DOWN_KEY, UP_KEY
 from .layout import layout_of
 from .lbw import parse_lbw
 from .loading import load_lora
@@ -104,10 +105,10 @@ def state_dict(lora: LoraFile, dtype: torch.dtype = torch.float32) -> dict[str, 
     """kohya tensors: .lora_down.weight / .lora_up.weight in dtype, .alpha kept in float32 (exact)."""
     out = {}
     for name, m in lora.modules.items():
-        out[f"{name}.lora_down.weight"] = m.down.to(dtype).contiguous()
-        out[f"{name}.lora_up.weight"] = m.up.to(dtype).contiguous()
+        out[DOWN_KEY.format(name)] = m.down.to(dtype).contiguous()
+        out[UP_KEY.format(name)] = m.up.to(dtype).contiguous()
         if m.alpha is not None:
-            out[f"{name}.alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
+            out[ALPHA_KEY.format(name)] = torch.tensor(float(m.alpha), dtype=torch.float32)
     return out
 
 

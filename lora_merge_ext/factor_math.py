@@ -12,14 +12,19 @@ import torch
 Part = tuple[torch.Tensor, torch.Tensor, float]
 
 
-def concat_parts(parts: list[Part], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def concat_parts(parts: list[Part], dtype: torch.dtype = torch.float32,
+                 out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Join parts rank-wise so that up @ down equals Σ coef·up_k·down_k exactly (scale 1):
-    √|coef| on each side, the sign on up, written straight into joined factors of dtype.  Each value
-    is computed in float32 and rounded once to dtype, whatever dtype the parts are stored in."""
+    √|coef| on each side, the sign on up, written straight into joined factors of dtype (or into
+    out, (up, down) of the joined shapes).  Each value is computed in float32 and rounded once to
+    the output dtype, whatever dtype the parts are stored in."""
     first_up, first_down = parts[0][0], parts[0][1]
     total = sum(u.shape[1] for u, _, _ in parts)
-    up = torch.empty(first_up.shape[0], total, dtype=dtype, device=first_up.device)
-    down = torch.empty(total, first_down.shape[1], dtype=dtype, device=first_down.device)
+    if out is None:
+        up = torch.empty(first_up.shape[0], total, dtype=dtype, device=first_up.device)
+        down = torch.empty(total, first_down.shape[1], dtype=dtype, device=first_down.device)
+    else:
+        up, down = out
     at = 0
     for u, d, c in parts:
         r, root = u.shape[1], math.sqrt(abs(c))

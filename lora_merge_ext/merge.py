@@ -9,6 +9,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import LoraMergeError
+from .factor_arena import FactorArena
 from .factor_math import add_parts, concat_parts, relative_error, stacked, svd_parts
 from .family import LABELS
 from .layout import METADATA_KEY, JoinLayout
@@ -57,6 +58,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     dev = resolve_device(device)
     order = _module_order(loras, names)
     _check_output_size(mode, order, loras, rank, conv_rank)
+    arena = _concat_arena(order, loras, dtype) if mode == "concat" and dev.type == "cpu" else None
 
     def merge_module(name: str) -> tuple[LoraModule, ReportRow]:
         present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
@@ -65,7 +67,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         first = present[0][1]
         stack = stacked(parts) if mode == "svd" or measure else None
         if mode == "concat" or (mode == "add" and len(present) == 1):
-            up, down = concat_parts(parts, dtype)
+            up, down = concat_parts(parts, dtype, arena.factors(name) if arena else None)
             alpha = float(up.shape[1])
         elif mode == "svd":
             target = conv_rank if first.kernel != (1, 1) else rank
@@ -90,6 +92,16 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         layout = JoinLayout.join(names, [{m: mod.rank for m, mod in lora.modules.items()} for lora in loras])
         out.metadata[METADATA_KEY] = layout.to_metadata()
     return MergeResult(out, result_report)
+
+
+def _concat_arena(order: list[str], loras: list[LoraFile], dtype: torch.dtype) -> FactorArena:
+    """Room for the joined factors of every module, in the order the saved file holds them."""
+    shapes = {}
+    for name in order:
+        mods = [lora.modules[name] for lora in loras if name in lora.modules]
+        r = sum(m.rank for m in mods)
+        shapes[name] = ((mods[0].out_features, r), (r, mods[0].flat_in))
+    return FactorArena(shapes, dtype)
 
 
 def _add(present, parts, weights, factors, name):

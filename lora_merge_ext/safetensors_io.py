@@ -16,6 +16,7 @@ from typing import Iterable
 
 import torch
 
+from .byte_buffer import byte_buffer
 from .finite_check import find_nonfinite, runs_are_finite
 from .pickle_io import read_pickled_state_dict
 from .safetensors_header import (DTYPE_SIZES, TensorInfo, fail, open_input_file, parse_header, read_header,
@@ -119,7 +120,7 @@ def read_tensor_file(path: os.PathLike | str, *, digest: bool = False) -> Tensor
     with f:
         if size != parsed.file_size:
             raise fail(path, "file changed while it was being read")
-        data = torch.empty(size - parsed.data_start, dtype=torch.uint8)  # not zero-filled: read over at once
+        data = byte_buffer(size - parsed.data_start)  # not zero-filled: read over at once
         try:
             f.seek(parsed.data_start)
         except OSError as e:

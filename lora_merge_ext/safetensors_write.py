@@ -72,6 +72,27 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(raw.numpy())
 
 
+def data_views(prepared: list[tuple[str, torch.Tensor]]) -> list[memoryview]:
+    """The data section as views, in order.  Tensors that lie back to back in one buffer (a merge's
+    factor arena) become one view, so they are written and hashed in large pieces."""
+    if sys.byteorder != "little":
+        return [tensor_bytes(t) for _, t in prepared]
+    spans: list[list] = []  # [storage, first byte, end byte]
+    for _, t in prepared:
+        if t.numel() == 0:
+            continue
+        storage = t.untyped_storage()
+        begin = t.storage_offset() * t.element_size()
+        end = begin + t.numel() * t.element_size()
+        last = spans[-1] if spans else None
+        if last and last[0].data_ptr() == storage.data_ptr() and last[2] == begin:
+            last[2] = end
+        else:
+            spans.append([storage, begin, end])
+    return [memoryview(torch.empty(0, dtype=torch.uint8).set_(storage, begin, (end - begin,)).numpy())
+            for storage, begin, end in spans]
+
+
 def entries_json(entries: list[tuple[str, torch.Tensor]]) -> str:
     """The tensor entries of the header (dtype, shape, data_offsets), as JSON members without braces."""
     table: dict[str, object] = {}
@@ -153,7 +174,7 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mappi
     meta = _check_metadata(metadata, path)
     check_target(path, overwrite=overwrite, protect=protect)
     prepared = _prepare(tensors, path)
-    views = [tensor_bytes(t) for _, t in prepared]
+    views = data_views(prepared)
     entries = entries_json(prepared)
     meta["sshs_legacy_hash"] = _kohya_legacy_hash(entries, views, meta)
     meta["sshs_model_hash"] = _HASH_PLACEHOLDER
