@@ -131,6 +131,19 @@ def test_an_output_folder_that_cannot_be_created_is_a_one_line_error(tmp_path, l
         s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mix", subfolder="merged"))
 
 
+def test_a_failed_save_leaves_no_new_folder_behind(tmp_path, lora_dir):
+    """The file system refuses a 300-byte file name only when the file is written: the folders made
+    for it are removed again, and the error says why."""
+    new = tmp_path / "new" / "Lora"
+    s = MergeService(LoraLibrary.of(new, lora_dir))
+    with pytest.raises(LoraMergeError, match="longer than"):
+        s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="n" * 300, subfolder="merged"))
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(LoraMergeError, match="longer than"):
+        s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="n" * 300))
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_existing_file_is_replaced_only_with_overwrite(service, lora_dir):
     req = MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mix")
     first = service.merge(req)

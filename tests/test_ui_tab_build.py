@@ -77,6 +77,10 @@ def test_standalone_serves_the_examples_and_writes_elsewhere(tmp_path):
         "example_glow.safetensors", "example_ink.safetensors", "example_pastel.safetensors"]
     lora = standalone.folders(standalone.parse_args(["--lora-dir", str(tmp_path)]))
     assert lora == [tmp_path]
+    both = standalone.folders(standalone.parse_args(["--lora-dir", str(tmp_path), "--out-dir", str(tmp_path / "m")]))
+    assert both == [tmp_path / "m", tmp_path] and (tmp_path / "m").is_dir()
+    same = standalone.folders(standalone.parse_args(["--lora-dir", str(tmp_path), "--out-dir", str(tmp_path)]))
+    assert same == [tmp_path]
 
 
 def test_standalone_refuses_a_missing_lora_dir(tmp_path, capsys):

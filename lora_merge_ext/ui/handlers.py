@@ -270,12 +270,13 @@ class MergeService:
             # the rule is checked again at the moment of writing: another merge may have written it meanwhile
             names.output_path(self.library.output_dir, out.name, req.subfolder, overwrite=bool(req.overwrite),
                               inputs=inputs)
+            created = _make_folders(out.parent)
             try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LoraMergeError(f"cannot create the folder {out.parent}: {exc.strerror or exc}") from None
-            saved = api.save(lora, out, dtype=(req.dtype or "fp16").lower(), overwrite=bool(req.overwrite),
-                             protect=[str(p) for p in inputs])
+                saved = api.save(lora, out, dtype=(req.dtype or "fp16").lower(), overwrite=bool(req.overwrite),
+                                 protect=[str(p) for p in inputs])
+            except BaseException:
+                _remove_if_empty(created)
+                raise
             size = os.path.getsize(out)
         lora.path = str(out)  # after writing: save() protects a LoraFile's own path
         return saved.sha256, size
@@ -293,3 +294,22 @@ class MergeService:
         self.library.refresh()
         if self.on_written is not None:
             self.on_written(path)
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create folder and its missing parents; returns the ones created, deepest first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LoraMergeError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Undo _make_folders after a failed save (folders something else has filled meanwhile stay)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

@@ -2,10 +2,11 @@
 
     python -m lora_merge_ext ui [--lora-dir DIR] [--out-dir DIR] [--host 127.0.0.1] [--port N]
 
-With --lora-dir the tab reads and writes that folder, as in the WebUI.  Without it the tab offers
-the small example LoRAs shipped in the project's examples/ folder and writes merges into a folder
-of your own (--out-dir, default: a `lora-merge-ext` folder in your user data folder), so the
-examples stay untouched.  The JSON routes of lora_merge_ext.http_api are served under /ljl/v1/.
+With --lora-dir the tab reads and writes that folder, as in the WebUI (with --out-dir as well, merges
+go there instead and both folders are offered as inputs).  Without it the tab offers the small
+example LoRAs shipped in the project's examples/ folder and writes merges into a folder of your own
+(--out-dir, default: a `lora-merge-ext` folder in your user data folder), so the examples stay
+untouched.  The JSON routes of lora_merge_ext.http_api are served under /ljl/v1/.
 """
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m lora_merge_ext ui", description="Serve the LoRA Merge tab in a browser.")
     parser.add_argument("--lora-dir", help="Lora folder to read inputs from and write merges into "
                                            "(default: the shipped examples, merges go to --out-dir)")
-    parser.add_argument("--out-dir", help="where merges go when --lora-dir is not given "
-                                          f"(default: {default_output_dir()})")
+    parser.add_argument("--out-dir", help="where merges go (default: the --lora-dir, or without one "
+                                          f"{default_output_dir()})")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=None, help="port (default: the first free one from 7860)")
     return parser.parse_args(argv)
@@ -68,17 +69,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def folders(args: argparse.Namespace) -> list[Path]:
     """The Lora folders to serve: outputs go into the first."""
+    inputs = EXAMPLES_DIR
     if args.lora_dir:
-        lora_dir = Path(args.lora_dir).expanduser()
-        if not lora_dir.is_dir():
-            raise LoraMergeError(f"--lora-dir {lora_dir}: not a folder")
-        return [lora_dir]
+        inputs = Path(args.lora_dir).expanduser()
+        if not inputs.is_dir():
+            raise LoraMergeError(f"--lora-dir {inputs}: not a folder")
+        if not args.out_dir:
+            return [inputs]
     out_dir = Path(args.out_dir).expanduser() if args.out_dir else default_output_dir()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LoraMergeError(f"--out-dir {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
-    return [out_dir, EXAMPLES_DIR]
+    return [out_dir] if out_dir.resolve() == inputs.resolve() else [out_dir, inputs]
 
 
 def make_app(lora_folders: list[Path]):
@@ -90,7 +93,8 @@ def make_app(lora_folders: list[Path]):
     service = MergeService(LoraLibrary.of(*lora_folders), presets=_default_presets())
     intro = f"Lora folder: `{service.library.output_dir}`"
     if len(lora_folders) > 1:
-        intro += f" (merges are written here) · examples: `{lora_folders[1]}`"
+        label = "examples" if lora_folders[1] == EXAMPLES_DIR else "also read from"
+        intro += f" (merges are written here) · {label}: `{lora_folders[1]}`"
     demo = build_tab(service, title="LoRA Merge", intro=intro)
     return demo, service
 
