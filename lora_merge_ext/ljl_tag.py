@@ -1,10 +1,11 @@
 """`<ljl:…>` tags in prompt text, and the values of the X/Y/Z plot axes that rewrite them.
 
-A tag is ``<ljl:NAME[:VECTOR][:te=X][:unet=X][:lbw=SPEC]>``.  The host finds tags with the
+A tag is ``<ljl:NAME[:VECTOR][:te=X][:unet=X][:lbw=SPEC][:x=X]>`` (``w=`` is lora-block-weight's
+other spelling of ``lbw=``; ``x=`` is the value of ``X`` in the spec).  The host finds tags with the
 pattern ``<(\\w+):([^>]+)>`` and splits the inside on every ``:``, so no item can contain ``:``
 or ``>``.  Items are kept exactly as written; rewriting one item leaves the others untouched.
 The Σ vector is the item after the name unless that item is an option (``te=``, ``unet=``,
-``lbw=``, ``dyn=``); a tag without a vector means Σ = 1.
+``lbw=``/``w=``, ``x=``, ``dyn=``); a tag without a vector means Σ = 1.
 
 Axis values (one string per grid cell):
 
@@ -35,16 +36,17 @@ from .sigma import format_sigma, parse_number, parse_sigma, show
 
 TAG_TYPE = "ljl"
 TAG_PATTERN = re.compile(r"<(\w+):([^>]+)>")  # the host's extra-network pattern
-OPTION_KEYS = ("te", "unet", "lbw", "dyn")
+OPTION_KEYS = ("te", "unet", "lbw", "x", "dyn")
+OPTION_ALIASES = {"w": "lbw"}  # lora-block-weight accepts w= for lbw=
 VALUE_SEPARATOR = "|"
 
 
 # --- tags ----------------------------------------------------------------------------------
 
 def _option_key(item: str) -> str | None:
-    """The key of a `key=value` option item (te, unet, lbw, dyn), else None."""
+    """The key of a `key=value` option item (te, unet, lbw, x, dyn; w= reads as lbw), else None."""
     key, eq, _ = item.partition("=")
-    key = key.strip()
+    key = OPTION_ALIASES.get(key.strip(), key.strip())
     return key if eq and key in OPTION_KEYS else None
 
 
@@ -72,7 +74,7 @@ class LjlTag:
         return None
 
     def option(self, key: str) -> str | None:
-        """The value of the option `key` (te, unet, lbw, dyn), or None."""
+        """The value of the option `key` (te, unet, lbw, x, dyn), or None."""
         for item in self.items[1:]:
             if _option_key(item) == key:
                 return item.partition("=")[2].strip()
@@ -89,7 +91,7 @@ class LjlTag:
         return replace(self, items=tuple(items))
 
     def with_option(self, key: str, value: str) -> "LjlTag":
-        """The same tag with `key=value` replacing that option (or appended)."""
+        """The same tag with `key=value` replacing that option, written under any alias (or appended)."""
         check_item(value, key)
         items = list(self.items)
         for i, item in enumerate(items[1:], start=1):

@@ -72,6 +72,12 @@ def test_with_vector_and_with_option_touch_only_their_item():
     assert bare.with_vector("0.5").with_option("lbw", "1,0,1").text == "<ljl:J:0.5:lbw=1,0,1>"
 
 
+def test_w_is_read_and_rewritten_as_lbw():
+    tag = find_tags("<ljl:J:w=MIDD:x=0.5>")[0]
+    assert tag.vector is None and tag.option("lbw") == "MIDD" and tag.option("x") == "0.5"
+    assert tag.with_option("lbw", "INS").text == "<ljl:J:lbw=INS:x=0.5>"   # replaced, never a second lbw
+
+
 @pytest.mark.parametrize("bad", ["1:0", "1>0", "<1", "", "  "])
 def test_items_that_would_break_the_tag_are_refused(bad):
     with pytest.raises(LoraMergeError):

@@ -72,6 +72,17 @@ def test_lbw_equals_realized_file(family, lbw, request):
     assert_differs(tagged, gen(host, "x <ljl:J:0.5,1>"))
 
 
+def test_w_and_x_work_as_in_lora_block_weight(sd1, sd1_loras):
+    """w= is lbw=; x= is the value of X (X+d, X-d) in the spec, so one spec can be scaled from the tag."""
+    spec = "1,X,X-0.5,1,1,1,1,1,X+1,1,1,1,1,1,1,1,1"
+    realized(sd1.lora_dir, "R", sd1_loras["J"], "0.5,1", lbw=spec.replace("X-0.5", "1.5").replace("X+1", "3")
+             .replace("X", "2"))
+    sd1.refresh_loras()
+    tagged = gen(sd1, f"x <ljl:J:0.5,1:w={spec}:x=2>")
+    assert_close(tagged, gen(sd1, "x <lora:R:1>"))
+    assert_differs(tagged, gen(sd1, f"x <ljl:J:0.5,1:lbw={spec}>"))   # X is 1 without x=
+
+
 def test_beside_lora_tags_and_several_ljl_tags(sd1):
     assert_close(gen(sd1, "x <lora:C:0.7> <ljl:J:0,1>"), gen(sd1, "x <lora:C:0.7><lora:B:1>"))
     assert_close(gen(sd1, "x <ljl:J:0,1> <lora:C:0.7>"), gen(sd1, "x <lora:C:0.7><lora:B:1>"))

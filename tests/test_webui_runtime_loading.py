@@ -123,12 +123,17 @@ def test_read_tag_forms():
     assert (r.sigma, r.te, r.unet) == ("1", 0.0, 1.5)
     r = read_tag(["my lora ", " 1,0 ", "lbw= 1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1 "])
     assert (r.name, r.sigma, r.lbw) == ("my lora", "1,0", "1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1")
+    r = read_tag(["J", "0,1", "w=MIDD", "x=0.25"])                 # lora-block-weight's spellings
+    assert (r.sigma, r.lbw, r.x) == ("0,1", "MIDD", 0.25)
+    assert read_tag(["J", "lbw=X,1"]).x == 1.0
 
 
 @pytest.mark.parametrize("items,words", [
     ([""], "name is empty"), (["J", "1", "0.5"], "unexpected item"), (["J", "te=x"], "not a number"),
     (["J", "unet=inf"], "not a finite number"), (["J", "1", "te=1", "te=2"], "given twice"),
     (["J", "dyn=4"], "dyn= is not supported"), (["J", "lbw= "], "lbw= is empty"),
+    (["J", "lbw=ALL", "w=ALL"], "lbw/w= is given twice"), (["J", "x=2"], "x= sets X in lbw=, but the tag has no lbw="),
+    (["J", "lbw=ALL", "x=nan"], "x='nan' is not a finite number"),
 ])
 def test_read_tag_errors(items, words):
     with pytest.raises(LoraMergeError, match=words):

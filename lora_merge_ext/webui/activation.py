@@ -59,7 +59,7 @@ def _network_for(p, host, sd_model, request, presets_box: list):
         if "," not in request.lbw and not presets_box:
             from ..presets import load_presets
             presets_box.append(load_presets())
-        weights = parse_lbw(request.lbw, family, presets_box[0] if presets_box else None)
+        weights = parse_lbw(request.lbw, family, presets_box[0] if presets_box else None, x=request.x)
     key_digest = digest(cached.identity, per_rank, weights)
     key = (key_digest, request.name, request.te, request.unet)
     net = state.networks.get(key)

@@ -1,10 +1,12 @@
 """One ``<ljl:…>`` tag, read from the host's ``ExtraNetworkParams.items``.
 
-``<ljl:NAME[:VECTOR][:te=X][:unet=X][:lbw=SPEC]>``: the host splits a tag on ``:`` and would file
-any item holding exactly one ``=`` under ``named``, so the items are read here directly: an item
-``te=``, ``unet=``, ``lbw=`` (or ``dyn=``, refused) is an option, anything else after the name is the
-Σ vector — which keeps named-component vectors such as ``style=1,face=0`` working.  As with
-``<lora>``, te defaults to 1 and unet to te.  No vector means Σ = 1.
+``<ljl:NAME[:VECTOR][:te=X][:unet=X][:lbw=SPEC][:x=X]>``: the host splits a tag on ``:`` and would
+file any item holding exactly one ``=`` under ``named``, so the items are read here directly: an item
+``te=``, ``unet=``, ``lbw=`` (or its alias ``w=``), ``x=`` (or ``dyn=``, refused) is an option,
+anything else after the name is the Σ vector — which keeps named-component vectors such as
+``style=1,face=0`` working.  As with ``<lora>``, te defaults to 1 and unet to te; as with
+lora-block-weight, ``x=`` is the value of ``X`` tokens in the lbw spec (default 1).  No vector
+means Σ = 1.
 """
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ import math
 from dataclasses import dataclass
 
 from ..errors import LoraMergeError
-from ..ljl_tag import OPTION_KEYS, LjlTag
+from ..ljl_tag import OPTION_ALIASES, OPTION_KEYS, LjlTag
 from ..sigma import show
 
-FORM = "<ljl:NAME:VECTOR[:te=X][:unet=X][:lbw=SPEC]>"
+FORM = "<ljl:NAME:VECTOR[:te=X][:unet=X][:lbw=SPEC][:x=X]>"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class TagRequest:
     unet: float
     lbw: str | None
     text: str
+    x: float = 1.0  # the value of X tokens in lbw
 
 
 def tag_text(items) -> str:
@@ -51,11 +54,12 @@ def read_tag(items) -> TagRequest:
         raise LoraMergeError(f"the LoRA name is empty; write {FORM}")
     options: dict[str, str] = {}
     for index, item in enumerate(items[1:], start=1):
-        key, eq, value = item.partition("=")
-        key = key.strip()
+        written, eq, value = item.partition("=")
+        key = OPTION_ALIASES.get(written.strip(), written.strip())
         if eq and key in OPTION_KEYS:
             if key in options:
-                raise LoraMergeError(f"{key}= is given twice")
+                spellings = "/".join([key, *(a for a, k in OPTION_ALIASES.items() if k == key)])
+                raise LoraMergeError(f"{spellings}= is given twice")
             options[key] = value
         elif index != 1:
             raise LoraMergeError(f"unexpected item '{show(item)}'; write {FORM}")
@@ -66,5 +70,8 @@ def read_tag(items) -> TagRequest:
     lbw = options.get("lbw")
     if lbw is not None and not lbw.strip():
         raise LoraMergeError("lbw= is empty; give a preset name or block weights")
+    if "x" in options and lbw is None:
+        raise LoraMergeError("x= sets X in lbw=, but the tag has no lbw=")
+    x = _multiplier(options["x"], "x") if "x" in options else 1.0
     return TagRequest(tag.name, tag.vector if tag.vector is not None else "1", te, unet,
-                      lbw.strip() if lbw is not None else None, text)
+                      lbw.strip() if lbw is not None else None, text, x)
