@@ -2,8 +2,10 @@
 (issue 3, points 4 and 5)."""
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from lora_merge_ext import loading
 from host_double.fixtures import (assert_close, assert_differs, assert_identical, host_factory, outputs,  # noqa: F401
@@ -143,3 +145,32 @@ def test_removing_the_tag_restores_the_plain_model(host_factory, lora_dir):
     after = gen(host, "x", seed=2)
     assert host.networks.loaded_networks == []
     assert_identical(after, plain)
+
+
+def test_a_new_checkpoint_gets_new_networks_and_the_old_one_is_let_go(host_factory, lora_dir):
+    """After a checkpoint change the tag applies through the new model's layers, and nothing the
+    runtime keeps holds the old model's layers in memory."""
+    import gc
+    import weakref
+
+    from host_double.fixtures import SPECS, keep_of
+    from host_double.harness import spec_rows
+
+    host = host_factory("sd1", lora_dir=lora_dir)
+    from fake_model import FakeSdModel                     # the host's modules, importable while it runs
+    from modules import script_callbacks, shared
+    gen(host, "x <ljl:J:1,0>")
+    old_layers = [weakref.ref(m.sd_module) for net in host.networks.loaded_networks for m in net.modules.values()]
+    assert old_layers
+    shared.sd_model = FakeSdModel("sd1", spec_rows(SPECS["sd1"][0], keep_of("sd1")))
+    with torch.no_grad():
+        for p in shared.sd_model.parameters():
+            p.mul_(1.5)                                    # another checkpoint of the same architecture
+    shared.sd_model.sd_checkpoint_info = SimpleNamespace(name="other-sd1.safetensors", shorthash="89abcdef01")
+    script_callbacks.model_loaded_callback(shared.sd_model)
+    tagged = gen(host, "x <ljl:J:1,0>")
+    new_layers = {id(m) for m in shared.sd_model.modules()}
+    assert all(id(m.sd_module) in new_layers for net in host.networks.loaded_networks for m in net.modules.values())
+    gc.collect()
+    assert all(ref() is None for ref in old_layers)
+    assert_close(tagged, gen(host, "x <lora:A:1>"))

@@ -48,6 +48,11 @@ def _unloaded() -> None:
     reset()
 
 
+def _model_loaded(sd_model) -> None:
+    from .runtime_state import current
+    current().forget_model()
+
+
 def register_callbacks() -> None:
     """Register the callbacks and say in the console when the built-in Lora extension is off."""
     from modules import script_callbacks
@@ -58,6 +63,7 @@ def register_callbacks() -> None:
     script_callbacks.on_ui_tabs(_ui_tabs)
     script_callbacks.on_app_started(_app_started)
     script_callbacks.on_script_unloaded(_unloaded)
+    script_callbacks.on_model_loaded(_model_loaded)
     notice = startup_notice()
     if notice:
         print(notice, flush=True)

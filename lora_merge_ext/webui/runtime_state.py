@@ -30,6 +30,13 @@ class RuntimeState:
         self.templates[cached.identity] = (getattr(sd_model, "network_layer_mapping", None), templates)
         return templates
 
+    def forget_model(self) -> None:
+        """A checkpoint was loaded: host modules and networks point at the old model's layers (and
+        would keep them in memory), so they are built again; the files stay cached."""
+        self.templates.clear()
+        self.networks.clear()
+        self.previous_keys = set()
+
     def outcome_changed(self, tags: tuple, names: tuple) -> bool:
         """Whether the same tag text gave other networks last time (file rewritten, added, fixed)."""
         changed = self.outcomes.get(tags, names) != names
