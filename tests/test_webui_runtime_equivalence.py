@@ -1,6 +1,7 @@
 """<ljl:…> on the host's built-in Lora machinery gives the same layer outputs as the equivalent
 <lora:…> tags (issue 3, point 3), on SD1.5 and SDXL layers, driven through the WebUI test double."""
 import pytest
+import torch
 
 from lora_merge_ext import api
 from host_double.api_codec import decode_images
@@ -112,8 +113,14 @@ def test_hires_pass_uses_its_own_tag(sd1):
 
 
 def test_functional_mode(host_factory, sd1_loras):
+    """With lora_functional the layers add the networks' outputs in forward: the model's weights are
+    never changed, and <ljl> still equals the plain tags."""
     host = host_factory("sd1", lora_dir=sd1_loras["J"].parent, settings={"lora_functional": True})
-    assert_close(gen(host, "x <ljl:J:0.5,1>"), gen(host, "x <lora:A:0.5><lora:B:1>"))
+    weights = {k: v.clone() for k, v in host.sd_model.state_dict().items()}
+    tagged = gen(host, "x <ljl:J:0.5,1>")
+    assert all(torch.equal(v, weights[k]) for k, v in host.sd_model.state_dict().items())
+    assert_close(tagged, gen(host, "x <lora:A:0.5><lora:B:1>"))
+    assert_differs(tagged, gen(host, "x"))
 
 
 def test_through_the_txt2img_api(sd1):
