@@ -121,3 +121,21 @@ def test_a_listed_file_that_vanished_is_a_one_line_report(host_factory, sd1_lora
     assert "K.safetensors: cannot read file" in res.comments
     assert "Error" not in res.comments and "Traceback" not in capsys.readouterr().err
     assert_close(outputs(res), outputs(host.txt2img("x <lora:B:1>", seed=1)))
+
+
+def test_a_pass_run_without_the_hook_says_the_tags_were_skipped(sd1, capsys):
+    """Another extension's pass (ADetailer's, say) with its own script list never calls the hook that
+    applies <ljl>: the tags are reported as skipped instead of vanishing without a word."""
+    import copy
+
+    from modules import processing
+    p = sd1.processing(prompt="x <ljl:J:1> <lora:C:0.5>", seed=3)
+    p.scripts = copy.copy(p.scripts)
+    p.scripts.alwayson_scripts = [s for s in p.scripts.alwayson_scripts if not getattr(s, "is_ljl_hook", False)]
+    res = processing.process_images(p)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[LJL]")]
+    assert len(lines) == 1 and "<ljl> tags skipped" in lines[0] and "ljl_merge" in lines[0]
+    assert "<ljl> tags skipped" in res.comments
+    assert_close(outputs(res), outputs(sd1.txt2img("x <lora:C:0.5>", seed=3)))   # the rest still applies
+    ok = sd1.txt2img("x <ljl:J:1>", seed=3)                                     # the usual pass: no message
+    assert "LJL" not in ok.comments

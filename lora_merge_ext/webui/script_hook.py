@@ -6,6 +6,7 @@ def make_script_class():
     from modules import scripts
 
     from . import activation
+    from .extra_network import HOOK_MARK
 
     class LjlScript(scripts.Script):
         def title(self):
@@ -24,4 +25,5 @@ def make_script_class():
         def after_extra_networks_activate(self, p, *args, **kwargs):
             activation.activate(p, kwargs.get("extra_network_data"))
 
+    setattr(LjlScript, HOOK_MARK, True)
     return LjlScript
