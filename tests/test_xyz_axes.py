@@ -176,6 +176,22 @@ def test_component_weight_values_and_ranges(sd1):
     assert cell_prompts(res)[0, 0, 0] == "x <ljl:J:1,0,1*2,-1*2>"
 
 
+def test_lbw_dropdown_offers_the_presets_that_fit_the_loaded_model(sd1, tmp_path, monkeypatch):
+    from lora_merge_ext import presets
+    from modules import shared
+    custom = tmp_path / "preset.txt"
+    custom.write_text("ONLY1:" + ",".join(["1"] * 17) + "\nONLYXL:" + ",".join(["1"] * 12) + "\n"
+                      "BOTH:" + ",".join(["0"] * 26) + "\nBOTH:" + ",".join(["0"] * 20) + "\n")
+    monkeypatch.setattr(presets, "DEFAULT_PATH", custom)
+    script = plot_script()
+    opt = script.current_axis_options[axis(script, LBW)]
+    assert opt.choices() == ["ONLY1", "BOTH"]
+    monkeypatch.setattr(shared.sd_model, "is_sdxl", True, raising=False)
+    assert opt.choices() == ["ONLYXL", "BOTH"]
+    monkeypatch.setattr(shared, "sd_model", None)
+    assert opt.choices() == ["ONLY1", "ONLYXL", "BOTH"]
+
+
 def test_lbw_values_from_the_dropdown_or_text(sd1):
     from lora_merge_ext.presets import load_presets, preset_names
     script = plot_script()

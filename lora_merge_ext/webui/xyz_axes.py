@@ -184,10 +184,14 @@ def apply_lbw(p, x, xs):
 
 
 def lbw_choices() -> list[str]:
-    """Preset names from preset.txt, for the axis dropdown (empty when the file cannot be read)."""
+    """Preset names from preset.txt that fit the loaded model's family (all of them with no model),
+    for the axis dropdown (empty when the file cannot be read)."""
     from ..presets import load_presets, preset_names
+    from .activation import model_family
     try:
-        return preset_names(load_presets())
+        from modules import shared
+        sd_model = getattr(shared, "sd_model", None)
+        return preset_names(load_presets(), model_family(sd_model, None) if sd_model is not None else None)
     except LoraMergeError:
         return []
 
