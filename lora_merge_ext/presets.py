@@ -12,9 +12,10 @@ from pathlib import Path
 from .errors import LoraMergeError
 from .lbw import lbw_values
 from .lbw_blocks import FAMILY_LENGTHS
+from .shipped_files import shipped_path
 from .sigma import show
 
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "preset.txt"
+DEFAULT_PATH = shipped_path("preset.txt")
 _BAD_NAME_CHARS = frozenset(",=<>")
 _GROUPS = {17: "SD1/SD2", 26: "SD1/SD2", 12: "SDXL", 20: "SDXL"}
 
@@ -69,7 +70,7 @@ def parse_presets(text: str) -> Presets:
 
 
 def load_presets(path: str | Path | None = None) -> Presets:
-    """Read a preset file (default: preset.txt in the project root)."""
+    """Read a preset file (default: the shipped preset.txt, at the project root in a checkout)."""
     path = Path(path) if path is not None else DEFAULT_PATH
     try:
         data = path.read_bytes()

@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 from ..errors import LoraMergeError
+from ..shipped_files import shipped_path
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES_DIR = shipped_path("examples")
 
 
 def default_output_dir() -> Path:

@@ -6,18 +6,18 @@ Portable between gradio 3.41 (A1111) and gradio 4 (Forge): plain components (no 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Sequence
 
 import gradio as gr
 
+from ..shipped_files import shipped_path
 from . import callbacks
 from .callbacks import MAX_INPUTS, MAX_SLIDERS
 from .handlers import DTYPES, MergeRequest, MergeService
 from .library import LoraLibrary
 
 GRADIO_MAJOR = int(gr.__version__.split(".")[0])
-CSS_PATH = Path(__file__).resolve().parents[2] / "style.css"
+CSS_PATH = shipped_path("style.css")
 MODE_HELP = {
     "concat": "join: exact, ranks add up; parts stay switchable with <ljl:…>",
     "add": "classic factor sum: needs equal ranks, inexact (error shown)",
