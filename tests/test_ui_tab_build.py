@@ -37,6 +37,8 @@ def test_standalone_layout_has_every_control(tmp_path):
     assert ("cuda" in str(device["props"]["choices"])) == torch.cuda.is_available()
     js = [d.get("js") for d in blocks.config["dependencies"] if d.get("js")]
     assert js == []  # the standalone page has no WebUI prompt to send to
+    assert blocks.config.get("stylesheets", []) == []  # no fonts fetched from outside the machine
+    assert not any("googleapis" in str(v) for v in blocks.config.values())
 
 
 def test_js_keyword_follows_the_gradio_major_version():

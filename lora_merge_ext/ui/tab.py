@@ -44,6 +44,13 @@ def _presets_names(presets) -> list[str]:
     return preset_names(presets)
 
 
+def offline_theme():
+    """gradio's default look with the system's fonts: the default theme has the browser fetch its
+    fonts from Google, and the standalone tab makes no requests outside this machine."""
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
 def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.PathLike], *, presets=None,
               serialize: Callable | None = None, on_written: Callable | None = None,
               devices: Sequence[str] | None = None, webui: bool = False, title: str = "LoRA Merge",
@@ -63,7 +70,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
     choices = service.refresh()
     preset_choices = _presets_names(service.presets_or_none())
 
-    with gr.Blocks(analytics_enabled=False, title=title, css=None if webui else tab_css()) as demo:
+    with gr.Blocks(analytics_enabled=False, title=title, css=None if webui else tab_css(),
+                   theme=None if webui else offline_theme()) as demo:
         if intro:
             gr.Markdown(intro, elem_id="ljl_merge_intro")
         with gr.Row(elem_id="ljl_merge_tab"):
