@@ -43,7 +43,7 @@ VALUE_SEPARATOR = "|"
 
 # --- tags ----------------------------------------------------------------------------------
 
-def _option_key(item: str) -> str | None:
+def option_key(item: str) -> str | None:
     """The key of a `key=value` option item (te, unet, lbw, x, dyn; w= reads as lbw), else None."""
     key, eq, _ = item.partition("=")
     key = OPTION_ALIASES.get(key.strip(), key.strip())
@@ -69,14 +69,14 @@ class LjlTag:
     @property
     def vector(self) -> str | None:
         """The Σ vector as written, or None when the tag has none."""
-        if len(self.items) > 1 and _option_key(self.items[1]) is None:
+        if len(self.items) > 1 and option_key(self.items[1]) is None:
             return self.items[1].strip()
         return None
 
     def option(self, key: str) -> str | None:
         """The value of the option `key` (te, unet, lbw, x, dyn), or None."""
         for item in self.items[1:]:
-            if _option_key(item) == key:
+            if option_key(item) == key:
                 return item.partition("=")[2].strip()
         return None
 
@@ -95,7 +95,7 @@ class LjlTag:
         check_item(value, key)
         items = list(self.items)
         for i, item in enumerate(items[1:], start=1):
-            if _option_key(item) == key:
+            if option_key(item) == key:
                 items[i] = f"{key}={value}"
                 break
         else:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NAMES = ("preset.txt", "style.css", "examples")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGED = Path(__file__).resolve().parent / "shipped"
 
@@ -19,5 +18,5 @@ def in_checkout() -> bool:
 
 
 def shipped_path(name: str) -> Path:
-    """Where the shipped file or folder `name` (one of NAMES) is."""
+    """Where the shipped file or folder `name` (preset.txt, style.css, examples) is."""
     return (PROJECT_ROOT if in_checkout() else PACKAGED) / name

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import LoraMergeError
-from ..ljl_tag import OPTION_ALIASES, OPTION_KEYS, LjlTag
+from ..ljl_tag import OPTION_ALIASES, LjlTag, option_key
 from ..sigma import show
 
 FORM = "<ljl:NAME:VECTOR[:te=X][:unet=X][:lbw=SPEC][:x=X]>"
@@ -54,13 +54,12 @@ def read_tag(items) -> TagRequest:
         raise LoraMergeError(f"the LoRA name is empty; write {FORM}")
     options: dict[str, str] = {}
     for index, item in enumerate(items[1:], start=1):
-        written, eq, value = item.partition("=")
-        key = OPTION_ALIASES.get(written.strip(), written.strip())
-        if eq and key in OPTION_KEYS:
+        key = option_key(item)
+        if key is not None:
             if key in options:
                 spellings = "/".join([key, *(a for a, k in OPTION_ALIASES.items() if k == key)])
                 raise LoraMergeError(f"{spellings}= is given twice")
-            options[key] = value
+            options[key] = item.partition("=")[2]
         elif index != 1:
             raise LoraMergeError(f"unexpected item '{show(item)}'; write {FORM}")
     if "dyn" in options:
