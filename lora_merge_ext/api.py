@@ -89,7 +89,8 @@ def save(lora: LoraFile, path: str | os.PathLike, *, dtype: str = "fp32", overwr
     path = os.fspath(path)
     tensors = state_dict(lora, target)
     digest = save_safetensors_atomic(tensors, dict(lora.metadata), path, overwrite=overwrite,
-                                     protect=[*lora.sources, *([lora.path] if lora.path else []), *protect])
+                                     protect=[*lora.sources, *([lora.path] if lora.path else []), *protect],
+                                     hashed=lora.data_hash)
     return SavedFile(path, digest, os.path.getsize(path))
 
 

@@ -59,6 +59,8 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     order = _module_order(loras, names)
     _check_output_size(mode, order, loras, rank, conv_rank)
     arena = _concat_arena(order, loras, dtype) if mode == "concat" and dev.type == "cpu" else None
+    if arena:
+        arena.start_hash()
 
     def merge_module(name: str) -> tuple[LoraModule, ReportRow]:
         present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
@@ -69,6 +71,8 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         if mode == "concat" or (mode == "add" and len(present) == 1):
             up, down = concat_parts(parts, dtype, arena.factors(name) if arena else None)
             alpha = float(up.shape[1])
+            if arena:
+                arena.mark_filled(name)
         elif mode == "svd":
             target = conv_rank if first.kernel != (1, 1) else rank
             up, down = svd_parts(parts, target, energy, stack)
@@ -79,15 +83,22 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         error = relative_error(parts, [(up, down, alpha / up.shape[1])], stack) if measure else None
         return _shaped(first, up.cpu(), down.cpu(), alpha), ReportRow(name, int(up.shape[1]), error)
 
-    result_report = MergeReport(mode, measured=measure)
-    modules: dict[str, LoraModule] = {}
-    for done, (module, row) in enumerate(map_in_workers(merge_module, order, worker_count(dev))):
-        modules[module.name] = module
-        result_report.rows.append(row)
-        if progress and (done % 16 == 0 or done == len(order) - 1):
-            progress(done + 1, len(order), module.name)
+    merged: dict[str, tuple[LoraModule, ReportRow]] = {}
+    try:
+        work = arena.fill_order() if arena else order  # file order: the hash follows the filled modules
+        for done, (module, row) in enumerate(map_in_workers(merge_module, work, worker_count(dev))):
+            merged[module.name] = module, row
+            if progress and (done % 16 == 0 or done == len(order) - 1):
+                progress(done + 1, len(order), module.name)
+    except BaseException:
+        if arena:
+            arena.abandon()
+        raise
 
-    out = LoraFile(modules=modules, metadata={}, family=family)
+    result_report = MergeReport(mode, measured=measure, rows=[merged[name][1] for name in order])
+    out = LoraFile(modules={name: merged[name][0] for name in order}, metadata={}, family=family)
+    if arena:
+        out.data_hash = arena.sealed_hash()
     if mode == "concat":
         layout = JoinLayout.join(names, [{m: mod.rank for m, mod in lora.modules.items()} for lora in loras])
         out.metadata[METADATA_KEY] = layout.to_metadata()
@@ -95,13 +106,15 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
 
 
 def _concat_arena(order: list[str], loras: list[LoraFile], dtype: torch.dtype) -> FactorArena:
-    """Room for the joined factors of every module, in the order the saved file holds them."""
-    shapes = {}
+    """Room for the joined factors of every module and their alphas (the joined rank), in the order
+    the saved file holds them."""
+    shapes, alphas = {}, {}
     for name in order:
         mods = [lora.modules[name] for lora in loras if name in lora.modules]
         r = sum(m.rank for m in mods)
         shapes[name] = ((mods[0].out_features, r), (r, mods[0].flat_in))
-    return FactorArena(shapes, dtype)
+        alphas[name] = float(r)
+    return FactorArena(shapes, dtype, alphas)
 
 
 def _add(present, parts, weights, factors, name):

@@ -10,12 +10,14 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from . import hash_memo
 from .byte_buffer import byte_buffer
 from .finite_check import find_nonfinite, runs_are_finite
 from .pickle_io import read_pickled_state_dict
@@ -43,16 +45,26 @@ _CHUNK = 1 << 20
 # --- reading ---------------------------------------------------------------------------------
 
 class DataDigest:
-    """sha256 of a file's data section, computed on a background thread; hexdigest() waits for it."""
+    """sha256 of a file's data section, computed on a background thread (or remembered from an earlier
+    read of the same file, see hash_memo); hexdigest() waits for it."""
 
-    def __init__(self, data: memoryview):
-        self._digest = hashlib.sha256()
-        self._thread = threading.Thread(target=self._digest.update, args=(data,), name="addnet-hash", daemon=True)
-        self._thread.start()
+    def __init__(self, data: memoryview, ident: tuple | None = None, read_at_ns: int = 0):
+        self._known = hash_memo.recall(ident) if ident else None
+        self._thread = None
+        if self._known is None:
+            self._thread = threading.Thread(target=self._hash, args=(data, ident, read_at_ns), name="addnet-hash",
+                                            daemon=True)
+            self._thread.start()
+
+    def _hash(self, data: memoryview, ident: tuple | None, read_at_ns: int) -> None:
+        self._known = hashlib.sha256(data).hexdigest()
+        if ident:
+            hash_memo.remember(ident, self._known, read_at_ns)
 
     def hexdigest(self) -> str:
-        self._thread.join()
-        return self._digest.hexdigest()
+        if self._thread is not None:
+            self._thread.join()
+        return self._known
 
 
 @dataclass
@@ -118,6 +130,7 @@ def read_tensor_file(path: os.PathLike | str, *, digest: bool = False) -> Tensor
     parsed = parse_header(path)
     f, size = open_input_file(path)
     with f:
+        read_at, before = time.time_ns(), _identity(f, path)
         if size != parsed.file_size:
             raise fail(path, "file changed while it was being read")
         data = byte_buffer(size - parsed.data_start)  # not zero-filled: read over at once
@@ -126,12 +139,21 @@ def read_tensor_file(path: os.PathLike | str, *, digest: bool = False) -> Tensor
         except OSError as e:
             raise fail(path, f"cannot read file: {e.strerror or e}") from None
         _read_into(f, memoryview(data.numpy()), path, "the tensor data")
+        if _identity(f, path) != before:
+            raise fail(path, "file changed while it was being read")
     tensors = {}
     for key, info in parsed.tensors.items():
         _check_bool(path, key, info, data, info.offsets[0])
         tensors[key] = _tensor_from_bytes(data, info, info.offsets[0])
-    return TensorFile(tensors, dict(parsed.metadata), DataDigest(memoryview(data.numpy())) if digest else None,
-                      data, _runs(parsed))
+    hashed = DataDigest(memoryview(data.numpy()), before, read_at) if digest else None
+    return TensorFile(tensors, dict(parsed.metadata), hashed, data, _runs(parsed))
+
+
+def _identity(f, path) -> tuple:
+    try:
+        return hash_memo.identity(os.fstat(f.fileno()))
+    except OSError as e:
+        raise fail(path, f"cannot read file: {e.strerror or e}") from None
 
 
 def read_safetensors(path: os.PathLike | str, keys: Iterable[str] | None = None
@@ -191,6 +213,10 @@ def tensor_data_sha256(path: os.PathLike | str) -> str:
     LoRA files and kohya stores as sshs_model_hash."""
     f, size = open_input_file(path)
     with f:
+        read_at, before = time.time_ns(), _identity(f, path)
+        known = hash_memo.recall(before)
+        if known is not None:
+            return known
         n = read_header_length(f, size, path)
         digest = hashlib.sha256()
         try:
@@ -199,6 +225,8 @@ def tensor_data_sha256(path: os.PathLike | str) -> str:
                 digest.update(chunk)
         except OSError as e:
             raise fail(path, f"cannot read file: {e.strerror or e}") from None
+        if _identity(f, path) == before:
+            hash_memo.remember(before, digest.hexdigest(), read_at)
     return digest.hexdigest()
 
 

@@ -165,11 +165,13 @@ def _hash_views(views: list[memoryview], digest) -> None:
 
 
 def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
-                            path: os.PathLike | str, *, overwrite: bool = False, protect: Iterable = ()) -> str:
+                            path: os.PathLike | str, *, overwrite: bool = False, protect: Iterable = (),
+                            hashed=None) -> str:
     """Write tensors (as given: cast them first) and metadata to path atomically, adding
     sshs_model_hash (sha256 of the data section of the file written) and sshs_legacy_hash (kohya's).
     Refuses inputs in protect (by resolved path or same file), existing files unless overwrite,
-    missing folders. Returns sshs_model_hash."""
+    missing folders. hashed: a hash worked out ahead (factor_arena.ArenaHash), used when it
+    covers exactly the data written. Returns sshs_model_hash."""
     protect = list(protect)
     meta = _check_metadata(metadata, path)
     check_target(path, overwrite=overwrite, protect=protect)
@@ -181,15 +183,20 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mappi
     head_length = len(header_bytes(entries, meta))
     digest = hashlib.sha256()
 
+    ahead = hashed if hashed is not None and hashed.covers(views) else None
+
     def fill(fd: int) -> None:
-        hasher = threading.Thread(target=_hash_views, args=(views, digest), name="sshs-hash", daemon=True)
-        hasher.start()
+        hasher = None
+        if ahead is None:
+            hasher = threading.Thread(target=_hash_views, args=(views, digest), name="sshs-hash", daemon=True)
+            hasher.start()
         try:
             os.lseek(fd, head_length, os.SEEK_SET)
             _write_data(fd, views)
         finally:
-            hasher.join()
-        meta["sshs_model_hash"] = digest.hexdigest()
+            if hasher:
+                hasher.join()
+        meta["sshs_model_hash"] = ahead.hexdigest() if ahead else digest.hexdigest()
         head = header_bytes(entries, meta)
         assert len(head) == head_length
         os.lseek(fd, 0, os.SEEK_SET)

@@ -51,24 +51,45 @@ def test_byte_buffer_outlives_its_mapping_name():
 # --- FactorArena ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_arena_views_lie_back_to_back_in_the_order_safetensors_writes(dtype):
+def test_arena_is_the_data_section_safetensors_writes_for_its_views(dtype):
+    """Factors and float32 alphas lie back to back in the order safetensors writes them (fp32: each
+    alpha before its factors; fp16/bf16: all alphas first), so the arena's bytes are the data section."""
     shapes = {"lora_unet_b": ((320, 6), (6, 2880)), "lora_te_a": ((768, 4), (4, 768)),
               "lora_unet_a_b": ((5, 1), (1, 3))}
-    arena = FactorArena(shapes, dtype)
-    views = {}
+    alphas = {"lora_unet_b": 6.0, "lora_te_a": 4.0, "lora_unet_a_b": 1.0}
+    arena = FactorArena(shapes, dtype, alphas)
+    tensors = {}
     for name, (up_shape, down_shape) in shapes.items():
         up, down = arena.factors(name)
         assert up.shape == up_shape and down.shape == down_shape and up.dtype == down.dtype == dtype
         assert up.is_contiguous() and down.is_contiguous()
-        views[f"{name}.lora_up.weight"], views[f"{name}.lora_down.weight"] = up, down
-    at = None
-    for key in sorted(views):
-        t = views[key]
-        if at is not None:
-            assert t.data_ptr() == at, key
-        at = t.data_ptr() + t.numel() * t.element_size()
-    [view] = data_views(sorted(views.items()))
-    assert len(view) == sum(t.numel() * t.element_size() for t in views.values())
+        up.copy_(torch.randn(up_shape))
+        down.copy_(torch.randn(down_shape))
+        tensors[f"{name}.lora_up.weight"], tensors[f"{name}.lora_down.weight"] = up, down
+        tensors[f"{name}.alpha"] = torch.tensor(alphas[name], dtype=torch.float32)
+    reference = safetensors.torch.save(tensors)
+    assert arena.buffer.numpy().tobytes() == reference[8 + struct.unpack("<Q", reference[:8])[0]:]
+    assert arena.fill_order() == ["lora_te_a", "lora_unet_a_b", "lora_unet_b"]
+
+
+def test_arena_hash_follows_the_fill_in_any_order_and_stops_when_abandoned():
+    shapes = {f"m{k}": ((30, 2), (2, 40)) for k in range(5)}
+    arena = FactorArena(shapes, torch.float16, {name: 2.0 for name in shapes})
+    arena.start_hash()
+    for k, name in enumerate(reversed(arena.fill_order())):  # the hash must wait for m0 … m4 in turn
+        up, down = arena.factors(name)
+        up.fill_(k)
+        down.fill_(-k)
+        arena.mark_filled(name)
+    hashed = arena.sealed_hash()
+    assert hashed.hexdigest() == hashlib.sha256(arena.buffer.numpy().tobytes()).hexdigest()
+
+    stalled = FactorArena(shapes, torch.float32, {name: 2.0 for name in shapes})
+    stalled.start_hash()
+    stalled.mark_filled("m0")
+    stalled.abandon()  # m1 never comes
+    stalled._hasher.join(timeout=60)
+    assert not stalled._hasher.is_alive()
 
 
 def test_concat_into_arena_equals_concat_into_fresh_tensors():
@@ -76,7 +97,7 @@ def test_concat_into_arena_equals_concat_into_fresh_tensors():
     parts = [(torch.randn(40, 3, generator=gen), torch.randn(3, 50, generator=gen), -0.7),
              (torch.randn(40, 5, generator=gen).half(), torch.randn(5, 50, generator=gen).half(), 2.0)]
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        arena = FactorArena({"m": ((40, 8), (8, 50))}, dtype)
+        arena = FactorArena({"m": ((40, 8), (8, 50))}, dtype, {"m": 8.0})
         up, down = concat_parts(parts, dtype, arena.factors("m"))
         fresh_up, fresh_down = concat_parts(parts, dtype)
         assert up.data_ptr() == arena.factors("m")[0].data_ptr()
@@ -119,3 +140,33 @@ def test_saving_keeps_each_tensor_even_when_one_buffer_holds_them_all(tmp_path):
     back = safetensors.torch.load_file(path)
     for key, t in tensors.items():
         assert torch.equal(back[key], t), key
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_hash_worked_out_while_merging_is_used_only_for_the_bytes_it_covers(tmp_path, dtype):
+    """A concat's hash is computed while it merges; save uses it when the data written is the arena
+    (same dtype), and hashes again when the data differs (other dtype, factors changed after the merge)."""
+    a = make_lora(tmp_path / "a.safetensors", "sd15_lora", rank=4, seed=1, keep=PARTIAL)
+    b = make_lora(tmp_path / "b.safetensors", "sd15_lora", rank=6, seed=2, keep=PARTIAL)
+    merged = api.merge([a, b], weights=[1.0, -0.5], dtype=dtype).lora
+    views = data_views(_write_sorted(api.state_dict(merged, api.torch_dtype(dtype))))
+    assert merged.data_hash.covers(views)
+    assert not merged.data_hash.covers(views[1:]) and not merged.data_hash.covers([*views, memoryview(b"x")])
+
+    saved = api.save(merged, tmp_path / "same.safetensors", dtype=dtype)
+    assert saved.sha256 == hashlib.sha256(data_section(saved.path)).hexdigest() == merged.data_hash.hexdigest()
+
+    other = api.save(merged, tmp_path / "other.safetensors", dtype="bf16")
+    assert other.sha256 == hashlib.sha256(data_section(other.path)).hexdigest() != saved.sha256
+
+    name = next(iter(merged.modules))
+    merged.modules[name].up.mul_(2)  # a torch write into the arena after the merge
+    assert not merged.data_hash.covers(data_views(_write_sorted(api.state_dict(merged, api.torch_dtype(dtype)))))
+    changed = api.save(merged, tmp_path / "changed.safetensors", dtype=dtype)
+    assert changed.sha256 == hashlib.sha256(data_section(changed.path)).hexdigest() != saved.sha256
+    assert safetensors.torch.load_file(changed.path)[f"{name}.lora_up.weight"].equal(merged.modules[name].up)
+
+
+def _write_sorted(tensors):
+    from lora_merge_ext.safetensors_write import _prepare
+    return _prepare(tensors, "test")

@@ -237,6 +237,9 @@ def test_read_error_in_the_middle(tmp_path, base, monkeypatch):
         def seek(self, *args):
             return self.f.seek(*args)
 
+        def fileno(self):
+            return self.f.fileno()
+
         def readinto(self, buffer):
             raise OSError(errno.EIO, "Input/output error")
 
