@@ -3,8 +3,9 @@
 Measured in one run, against baselines measured in the same run:
 - svd (factored QR + small SVD) vs a dense baseline that builds every ΔW and calls torch.linalg.svd
   (full_matrices=True, as sd-scripts' svd_merge_lora does), with the mean relative error of both;
-- concat (merge + save, with the error report) vs the I/O floor: safetensors load of the inputs plus
-  save of the output;
+- concat (merge + save) vs the I/O floor: safetensors load of the inputs plus save of the output;
+  "cold" is a first merge of the inputs, which hashes them (provenance), "warm" a merge of inputs
+  whose hashes this process remembers (hash_memo: the tab merging the same files again);
 - peak resident memory of the svd merge in a fresh process vs inputs + output + 1 GiB.
 
     .venv/bin/python bench/bench_merge.py [--quick] [--dense-all | --no-dense] [--device cuda]
@@ -28,7 +29,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from lora_factory import make_lora  # noqa: E402
-from lora_merge_ext import api  # noqa: E402
+from lora_merge_ext import api, hash_memo  # noqa: E402
 
 CONFIGS = [("SD1.5", "sd15_lora", 32), ("SD1.5", "sd15_lora", 128), ("SDXL", "sdxl_lora", 32), ("SDXL", "sdxl_lora", 64)]
 GiB = 2 ** 30
@@ -105,14 +106,19 @@ def main() -> None:
             paths = [make_lora(tmp / f"{spec}_{rank}_{k}.safetensors", spec, rank=rank, alpha=rank / 2, seed=k,
                                dtype=torch.float16) for k in (1, 2)]
             in_size = sum(p.stat().st_size for p in paths)
+            time.sleep(hash_memo.SETTLED_NS / 1e9)  # files written just now are never remembered
             row = {"config": f"{family} r{rank}", "inputs_MiB": in_size / 2 ** 20}
-            t_concat, t_floor = [], []
+            t_cold, t_warm, t_floor = [], [], []
             for k in range(REPEATS):
-                t_concat.append(timed_merge(paths, tmp / f"{spec}_{rank}_concat{k}.safetensors", "concat", None,
-                                            args.device)[0])
-                t_floor.append(io_floor(paths, tmp / f"{spec}_{rank}_concat0.safetensors", k))
-            t_concat, t_floor = min(t_concat), min(t_floor)
-            row.update(concat_s=t_concat, io_floor_s=t_floor, concat_vs_io=t_concat / t_floor)
+                hash_memo.forget_all()
+                t_cold.append(timed_merge(paths, tmp / f"{spec}_{rank}_cold{k}.safetensors", "concat", None,
+                                          args.device)[0])
+                t_floor.append(io_floor(paths, tmp / f"{spec}_{rank}_cold0.safetensors", k))
+                t_warm.append(timed_merge(paths, tmp / f"{spec}_{rank}_warm{k}.safetensors", "concat", None,
+                                          args.device)[0])
+            t_cold, t_warm, t_floor = min(t_cold), min(t_warm), min(t_floor)
+            row.update(concat_s=t_cold, warm_s=t_warm, io_floor_s=t_floor, concat_vs_io=t_cold / t_floor,
+                       warm_vs_io=t_warm / t_floor)
             t_svd, result = timed_merge(paths, tmp / f"{spec}_{rank}_svd.safetensors", "svd", rank, args.device)
             row.update(svd_s=t_svd, svd_error=result.report.summary()["mean_error"])
             if not args.no_dense and (args.dense_all or (family, rank) == ("SD1.5", 32)):
@@ -127,13 +133,14 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("config", "inputs", "concat", "I/O floor", "concat/IO", "svd", "dense svd", "speedup",
+    head = ("config", "inputs", "concat cold", "concat warm", "I/O floor", "cold/IO", "warm/IO", "svd", "dense svd",
+            "speedup",
             "err svd", "err dense", "peak RSS", "budget")
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in rows:
-        cells = [r["config"], f"{r['inputs_MiB']:.0f} MiB", f"{r['concat_s']:.2f} s", f"{r['io_floor_s']:.2f} s",
-                 f"{r['concat_vs_io']:.2f}×", f"{r['svd_s']:.2f} s",
+        cells = [r["config"], f"{r['inputs_MiB']:.0f} MiB", f"{r['concat_s']:.2f} s", f"{r['warm_s']:.2f} s",
+                 f"{r['io_floor_s']:.2f} s", f"{r['concat_vs_io']:.2f}×", f"{r['warm_vs_io']:.2f}×", f"{r['svd_s']:.2f} s",
                  f"{r['dense_s']:.1f} s" if "dense_s" in r else "—",
                  f"{r['speedup']:.0f}×" if "speedup" in r else "—",
                  f"{r['svd_error']:.4f}", f"{r['dense_error']:.4f}" if "dense_error" in r else "—",
