@@ -16,11 +16,10 @@ import numpy
 import torch
 
 from .byte_buffer import byte_buffer
-from .safetensors_write import DTYPE_NAMES, WRITE_ORDER
+from .safetensors_write import write_position
 
 DOWN_KEY, UP_KEY, ALPHA_KEY = "{}.lora_down.weight", "{}.lora_up.weight", "{}.alpha"  # kohya tensor names
 ALPHA_DTYPE = torch.float32  # as api.state_dict saves alphas
-_WRITE_RANK = {name: i for i, name in enumerate(WRITE_ORDER)}
 _SMALL_VIEW = 64  # bytes: a piece this small may be a copy of the arena's bytes (an alpha), compared by value
 
 
@@ -34,7 +33,7 @@ class FactorArena:
         for name, (up, down) in shapes.items():
             entries += [(ALPHA_KEY.format(name), name, 2, (), ALPHA_DTYPE),
                         (DOWN_KEY.format(name), name, 1, down, dtype), (UP_KEY.format(name), name, 0, up, dtype)]
-        entries.sort(key=lambda e: (_WRITE_RANK[DTYPE_NAMES[e[4]]], e[0]))
+        entries.sort(key=lambda e: write_position(e[0], e[4]))
         self.buffer = byte_buffer(sum(math.prod(e[3]) * e[4].itemsize for e in entries))
         self._factors: dict[str, list] = {name: [None, None] for name in shapes}
         self._ends: dict[str, int] = {}

@@ -28,6 +28,7 @@ DTYPE_NAMES = {
     torch.bool: "BOOL",
 }
 assert set(WRITE_ORDER) == set(DTYPE_NAMES.values()) == set(DTYPE_SIZES)
+_WRITE_RANK = {name: i for i, name in enumerate(WRITE_ORDER)}
 LEGACY_HASH_OFFSET, LEGACY_HASH_LENGTH = 0x100000, 0x10000
 _SMALL = 1 << 16  # tensors smaller than this are gathered into one write
 _HASH_PLACEHOLDER = "0" * 64
@@ -56,9 +57,13 @@ def _prepare(tensors: Mapping[str, torch.Tensor], path) -> list[tuple[str, torch
             raise fail(path, f"tensor {show(key)!r} has dtype {str(t.dtype).replace('torch.', '')}, "
                              f"which cannot be saved (cast it to float32, float16 or bfloat16)")
         out.append((key, t.detach().to("cpu").contiguous()))
-    rank = {name: i for i, name in enumerate(WRITE_ORDER)}
-    out.sort(key=lambda kv: (rank[DTYPE_NAMES[kv[1].dtype]], kv[0]))
+    out.sort(key=lambda kv: write_position(kv[0], kv[1].dtype))
     return out
+
+
+def write_position(key: str, dtype: torch.dtype) -> tuple[int, str]:
+    """Sort key of a tensor in the data section: safetensors writes by dtype (WRITE_ORDER), then by name."""
+    return _WRITE_RANK[DTYPE_NAMES[dtype]], key
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

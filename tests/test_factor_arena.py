@@ -14,7 +14,7 @@ from lora_merge_ext import api, byte_buffer as byte_buffer_module
 from lora_merge_ext.byte_buffer import HUGE_PAGE, byte_buffer
 from lora_merge_ext.factor_arena import FactorArena
 from lora_merge_ext.factor_math import concat_parts
-from lora_merge_ext.safetensors_write import data_views, save_safetensors_atomic
+from lora_merge_ext.safetensors_write import data_views, save_safetensors_atomic, write_position
 
 PARTIAL = lambda n: "down_blocks_1" in n or "layers_2_" in n  # noqa: E731
 
@@ -168,5 +168,4 @@ def test_hash_worked_out_while_merging_is_used_only_for_the_bytes_it_covers(tmp_
 
 
 def _write_sorted(tensors):
-    from lora_merge_ext.safetensors_write import _prepare
-    return _prepare(tensors, "test")
+    return sorted(tensors.items(), key=lambda kv: write_position(kv[0], kv[1].dtype))
