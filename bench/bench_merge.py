@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,25 +59,41 @@ def dense_svd_baseline(paths: list[Path], weights: list[float], rank: int) -> tu
     return time.perf_counter() - start, sum(errors) / len(errors)
 
 
-REPEATS = 3  # concat and the floor are timed this many times each, alternating; the best of each counts
+REPEATS = 5  # concat and the floor are timed this many times each, alternating; the best of each counts
 
 
 def io_floor(paths: list[Path], output: Path, k: int) -> float:
     """safetensors load of the inputs plus save of the output (the tensors of a finished concat) to a new file."""
     result = load_file(str(output))
+    target = output.with_suffix(f".floor{k}.safetensors")
+    settle()
     start = time.perf_counter()
     for p in paths:
         load_file(str(p))
-    save_file(result, str(output.with_suffix(f".floor{k}.safetensors")))
-    return time.perf_counter() - start
+    save_file(result, str(target))
+    seconds = time.perf_counter() - start
+    target.unlink()
+    return seconds
 
 
-def timed_merge(paths, out: Path, mode: str, rank: int | None, device: str) -> tuple[float, object]:
-    """What `merge … --dtype fp16 -o out` does: merge into fp16, save to a new file."""
+def timed_merge(paths, out: Path, mode: str, rank: int | None, device: str, remove: bool = False
+                ) -> tuple[float, object]:
+    """What `merge … --dtype fp16 -o out` does (api.merge_to_file); returns (seconds, report).
+    remove: delete the output afterwards."""
+    settle()
     start = time.perf_counter()
-    result = api.merge(paths, mode=mode, weights=[1.0, -0.5], rank=rank, device=device, dtype="fp16")
-    api.save(result.lora, out, dtype="fp16")
-    return time.perf_counter() - start, result
+    _saved, report = api.merge_to_file(paths, out, mode=mode, weights=[1.0, -0.5], rank=rank, device=device,
+                                       dtype="fp16")
+    seconds = time.perf_counter() - start
+    if remove:
+        out.unlink()
+    return seconds, report
+
+
+def settle() -> None:
+    """Flush the files written so far to disk, so that no timed run is slowed down by the kernel
+    writing back (or throttling) what the runs before it wrote."""
+    os.sync()
 
 
 def peak_rss_of_svd(paths: list[Path], out: Path, rank: int, device: str) -> int:
@@ -84,8 +101,8 @@ def peak_rss_of_svd(paths: list[Path], out: Path, rank: int, device: str) -> int
     mark of the process's own memory: getrusage's ru_maxrss would also count this (large) parent,
     whose high-water mark a child inherits when it is started with fork/vfork and exec."""
     code = ("import re; from lora_merge_ext import api; "
-            f"r = api.merge({[str(p) for p in paths]!r}, mode='svd', rank={rank}, device={device!r}, dtype='fp16'); "
-            f"api.save(r.lora, {str(out)!r}, dtype='fp16', overwrite=True); "
+            f"api.merge_to_file({[str(p) for p in paths]!r}, {str(out)!r}, mode='svd', rank={rank}, "
+            f"device={device!r}, dtype='fp16', overwrite=True); "
             "print(re.search(r'VmHWM:\\s*(\\d+) kB', open('/proc/self/status').read()).group(1))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return int(done.stdout.strip().splitlines()[-1]) * 1024
@@ -109,18 +126,20 @@ def main() -> None:
             time.sleep(hash_memo.SETTLED_NS / 1e9)  # files written just now are never remembered
             row = {"config": f"{family} r{rank}", "inputs_MiB": in_size / 2 ** 20}
             t_cold, t_warm, t_floor = [], [], []
+            kept = tmp / f"{spec}_{rank}_concat.safetensors"  # the floor saves these tensors
+            timed_merge(paths, kept, "concat", None, args.device)
             for k in range(REPEATS):
                 hash_memo.forget_all()
                 t_cold.append(timed_merge(paths, tmp / f"{spec}_{rank}_cold{k}.safetensors", "concat", None,
-                                          args.device)[0])
-                t_floor.append(io_floor(paths, tmp / f"{spec}_{rank}_cold0.safetensors", k))
+                                          args.device, remove=True)[0])
+                t_floor.append(io_floor(paths, kept, k))
                 t_warm.append(timed_merge(paths, tmp / f"{spec}_{rank}_warm{k}.safetensors", "concat", None,
-                                          args.device)[0])
+                                          args.device, remove=True)[0])
             t_cold, t_warm, t_floor = min(t_cold), min(t_warm), min(t_floor)
             row.update(concat_s=t_cold, warm_s=t_warm, io_floor_s=t_floor, concat_vs_io=t_cold / t_floor,
                        warm_vs_io=t_warm / t_floor)
-            t_svd, result = timed_merge(paths, tmp / f"{spec}_{rank}_svd.safetensors", "svd", rank, args.device)
-            row.update(svd_s=t_svd, svd_error=result.report.summary()["mean_error"])
+            t_svd, report = timed_merge(paths, tmp / f"{spec}_{rank}_svd.safetensors", "svd", rank, args.device)
+            row.update(svd_s=t_svd, svd_error=report.summary()["mean_error"])
             if not args.no_dense and (args.dense_all or (family, rank) == ("SD1.5", 32)):
                 t_dense, dense_err = dense_svd_baseline(paths, [1.0, -0.5], rank)
                 row.update(dense_s=t_dense, dense_error=dense_err, speedup=t_dense / t_svd)

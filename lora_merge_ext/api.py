@@ -7,13 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
+from .concat_stream import joined_modules, write_concat
+from .devices import resolve_device
 from .errors import LoraMergeError
 from .factor_arena import ALPHA_KEY, DOWN_KEY, UP_KEY
 from .layout import layout_of
+from .lazy_lora import LazyLora, Unstreamable, open_lazy
 from .lbw import parse_lbw
 from .loading import load_lora
 from .lora_file import LoraFile
-from .merge import MergeResult, canonical_mode, input_lbw_specs, input_weights, merge_loras
+from .merge import MergeResult, canonical_mode, check_inputs, input_lbw_specs, input_weights, join_layout, merge_loras
+from .merge_report import MergeReport
 from .output_metadata import output_metadata
 from .realize import realize_lora
 from .safetensors_write import save_safetensors_atomic
@@ -49,18 +53,67 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
                          energy=energy, device=device, presets=presets, progress=progress, report=report,
                          dtype=target)
-    ws, specs = input_weights(weights, len(loras)), input_lbw_specs(lbw, len(loras))
-    provenance = {
-        "mode": canonical_mode(mode),
-        "inputs": [{"name": n, "file": os.path.basename(l.path) if l.path else None,
-                    "sha256": l.file_hash(), "weight": w, "lbw": s}
-                   for n, l, w, s in zip(names, loras, ws, specs)],
-    }
+    provenance = _provenance(mode, names, loras, [l.file_hash() for l in loras], weights, lbw)
     if provenance["mode"] == "svd":
         provenance.update(rank=rank, conv_rank=conv_rank, energy=energy)
     result.lora.metadata = output_metadata(result.lora, loras, provenance)
     result.lora.sources = [l.path for l in loras if l.path] + [s for l in loras for s in l.sources]
     return result
+
+
+def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "concat", weights=None, lbw=None,
+                  rank: int | None = None, conv_rank: int | None = None, energy: float | None = None,
+                  device: str = "cpu", progress=None, presets=None, report: bool | None = None, dtype: str = "fp32",
+                  overwrite: bool = False, protect=()) -> tuple[SavedFile, MergeReport]:
+    """merge() then save() in one step.  A concat of .safetensors files on the CPU without a report
+    is streamed into the file (see concat_stream: faster, and the result is never held in memory);
+    anything else is merged in memory, then saved.  The file is the same either way."""
+    protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
+    if (canonical_mode(mode) == "concat" and not report and rank is None and conv_rank is None and energy is None
+            and resolve_device(device).type == "cpu" and all(isinstance(x, (str, os.PathLike)) for x in inputs)):
+        streamed = _stream_concat(inputs, output, weights, lbw, presets, torch_dtype(dtype), overwrite, protect,
+                                  progress)
+        if streamed is not None:
+            return streamed
+    result = merge(inputs, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank, energy=energy,
+                   device=device, progress=progress, presets=presets, report=report, dtype=dtype)
+    return save(result.lora, output, dtype=dtype, overwrite=overwrite, protect=protect), result.report
+
+
+def _stream_concat(inputs, output, weights, lbw, presets, dtype, overwrite, protect, progress):
+    """write_concat when every input can be streamed; None when one cannot (merge it in memory)."""
+    loras: list[LazyLora] = []
+    try:
+        for x in inputs:
+            lora = open_lazy(x)
+            if lora is None:
+                return None
+            loras.append(lora)
+        names = component_names(loras)
+        plan = check_inputs(loras, names, "concat", weights, lbw, None, None, None, presets)
+        result = LoraFile(joined_modules(loras, plan.order, dtype), join_layout(names, loras), plan.family)
+
+        def metadata(hashes: list[str]) -> dict[str, str]:
+            return output_metadata(result, loras, _provenance("concat", names, loras, hashes, weights, lbw))
+
+        digest, report = write_concat(loras, plan, result, metadata, output, overwrite=overwrite, protect=protect,
+                                      progress=progress)
+    except Unstreamable:
+        return None
+    finally:
+        for lora in loras:
+            lora.close()
+    output = os.fspath(output)
+    return SavedFile(output, digest, os.path.getsize(output)), report
+
+
+def _provenance(mode: str, names: list[str], loras: list, hashes: list, weights, lbw) -> dict:
+    """The ljl_provenance record of a merge: mode, and each input's name, file, hash, weight and lbw."""
+    ws, specs = input_weights(weights, len(loras)), input_lbw_specs(lbw, len(loras))
+    return {"mode": canonical_mode(mode),
+            "inputs": [{"name": n, "file": os.path.basename(l.path) if l.path else None,
+                        "sha256": h, "weight": w, "lbw": s}
+                       for n, l, h, w, s in zip(names, loras, hashes, ws, specs)]}
 
 
 def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float = 1.0, presets=None) -> LoraFile:

@@ -63,8 +63,9 @@ def check_target(path: os.PathLike | str, *, overwrite: bool = False, protect: I
 
 
 def _create_temp(folder: Path) -> tuple[int, Path]:
-    """A new, exclusively created temporary file (mode from the umask, as a normal file gets)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    """A new, exclusively created temporary file (mode from the umask, as a normal file gets), open
+    for reading too (a writer may read back what it wrote)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         temp = folder / f".{secrets.token_hex(8)}{TEMP_SUFFIX}"
         try:

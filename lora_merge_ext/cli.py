@@ -104,12 +104,13 @@ def _merge(args) -> int:
     check_target(args.output, overwrite=args.overwrite, protect=inputs)
     weights = _weights(args.weights) if args.weights is not None else None
     lbw = args.lbw.split(";") if args.lbw is not None else None
-    result = api.merge(inputs, mode=args.mode, weights=weights, lbw=lbw, rank=args.rank, conv_rank=args.conv_rank,
-                       energy=args.energy, device=args.device, progress=None if args.quiet else _progress,
-                       report=True if args.report else None, dtype=args.dtype)
-    saved = api.save(result.lora, args.output, dtype=args.dtype, overwrite=args.overwrite, protect=inputs)
+    saved, report = api.merge_to_file(inputs, args.output, mode=args.mode, weights=weights, lbw=lbw, rank=args.rank,
+                                      conv_rank=args.conv_rank, energy=args.energy, device=args.device,
+                                      progress=None if args.quiet else _progress,
+                                      report=True if args.report else None, dtype=args.dtype,
+                                      overwrite=args.overwrite)
     print(f"wrote {saved.path} ({saved.size / 2**20:.1f} MiB, sha256 {saved.sha256[:12]})")
-    print(result.report.format())
+    print(report.format())
     return 0
 
 

@@ -66,3 +66,13 @@ def runs_are_finite(buffer: torch.Tensor, runs: list[tuple[torch.dtype, int, int
             if int(masked.max()) >= first_bad:
                 return False
     return True
+
+
+def block_is_finite(values: torch.Tensor, scratch: torch.Tensor) -> bool:
+    """True when the contiguous fp32/fp16/bf16 tensor values holds no NaN or Inf, read by exponent
+    bits through scratch (a uint8 tensor of at least values' size, reused between calls so that no
+    fresh memory is touched)."""
+    as_int, mask, first_bad = _EXPONENT_ALL_ONES[values.dtype]
+    bits = values.reshape(-1).view(as_int)
+    masked = torch.bitwise_and(bits, mask, out=scratch[:values.numel() * values.element_size()].view(as_int))
+    return bits.numel() == 0 or int(masked.max()) < first_bad

@@ -34,13 +34,13 @@ def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, s
     nonfinite: the keys holding NaN or Inf, when the caller has already looked (else they are found here)."""
     label = where or "LoRA"
     bad_ids = {id(tensors[k]) for k in (find_nonfinite(tensors) if nonfinite is None else nonfinite)}
-    groups = _group(tensors, label)
+    groups = group_keys(tensors, label)
     downs = {m: g["down"] for m, g in groups.items() if "down" in g}
     family = detect_family(downs, metadata)
     modules: dict[str, LoraModule] = {}
     bad: list[str] = []
     for raw, roles in groups.items():
-        name = _kohya_name(raw, family)
+        name = kohya_name(raw, family)
         if name in modules:
             raise LoraMergeError(f"{label}: module {name} appears twice (under two key forms)")
         modules[name] = _module(name, roles, label)
@@ -69,7 +69,7 @@ def _stored(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else t.float()
 
 
-def _group(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[str, torch.Tensor]]:
+def group_keys(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[str, torch.Tensor]]:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         kind = unsupported_type(key)
@@ -92,7 +92,7 @@ def _group(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[str, 
     return groups
 
 
-def _kohya_name(module: str, family: str) -> str:
+def kohya_name(module: str, family: str) -> str:
     if family != "sdxl":
         return module
     if module.startswith("lora_te_"):
@@ -109,26 +109,32 @@ def _module(name: str, roles: dict[str, torch.Tensor], label: str) -> LoraModule
     down = _stored(roles["down"])
     up = _stored(roles["up"])
     where = f"{label}: module {name}"
-    if down.dim() not in (2, 4) or up.dim() not in (2, 4) or down.numel() == 0 or up.numel() == 0:
-        raise LoraMergeError(f"{where} has down {tuple(down.shape)} and up {tuple(up.shape)}; expected 2-D or 4-D, non-empty")
-    if up.dim() == 4 and tuple(up.shape[2:]) != (1, 1):
-        raise LoraMergeError(f"{where}: up weight {tuple(up.shape)} must be 1×1")
-    rank = int(down.shape[0])
-    if int(up.shape[1]) != rank:
-        raise LoraMergeError(f"{where}: up {tuple(up.shape)} does not fit down {tuple(down.shape)} (rank {rank})")
+    check_factor_shapes(where, tuple(down.shape), tuple(up.shape))
     if "mid" in roles:
         down = _fold_tucker(roles["mid"].float(), down.float(), where)
     if down.dim() == 4 and up.dim() == 2:
         up = up[:, :, None, None]
     elif down.dim() == 2 and up.dim() == 4:
         up = up[:, :, 0, 0]
-    alpha = None
-    if "alpha" in roles:
-        a = roles["alpha"]
-        if a.numel() != 1:
-            raise LoraMergeError(f"{where}: alpha has shape {tuple(a.shape)}; expected a scalar")
-        alpha = float(a.float().reshape(()))
+    alpha = alpha_value(where, roles["alpha"]) if "alpha" in roles else None
     return LoraModule(name=name, down=down.contiguous(), up=up.contiguous(), alpha=alpha)
+
+
+def check_factor_shapes(where: str, down: tuple[int, ...], up: tuple[int, ...]) -> None:
+    """Refuse factors that cannot make a LoRA module: 2-D or 4-D, non-empty, a 1×1 up, equal ranks."""
+    if len(down) not in (2, 4) or len(up) not in (2, 4) or 0 in down or 0 in up:
+        raise LoraMergeError(f"{where} has down {down} and up {up}; expected 2-D or 4-D, non-empty")
+    if len(up) == 4 and up[2:] != (1, 1):
+        raise LoraMergeError(f"{where}: up weight {up} must be 1×1")
+    if up[1] != down[0]:
+        raise LoraMergeError(f"{where}: up {up} does not fit down {down} (rank {down[0]})")
+
+
+def alpha_value(where: str, a: torch.Tensor) -> float:
+    """The value of an alpha tensor, which must hold exactly one number."""
+    if a.numel() != 1:
+        raise LoraMergeError(f"{where}: alpha has shape {tuple(a.shape)}; expected a scalar")
+    return float(a.float().reshape(()))
 
 
 def _fold_tucker(mid: torch.Tensor, down: torch.Tensor, where: str) -> torch.Tensor:

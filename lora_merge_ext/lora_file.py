@@ -1,24 +1,19 @@
 """In-memory LoRA: modules with float32 factors, metadata and the model family."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 
-@dataclass
-class LoraModule:
-    """One LoRA module in kohya naming; ΔW = scale·up·down.
+class FactorShapes:
+    """Shape properties of a LoRA module from its factors' shapes: down (r, in) or (r, in, kh, kw),
+    up (out, r) or (out, r, 1, 1), and alpha (None: scale 1)."""
 
-    down is (r, in) or (r, in, kh, kw); up is (out, r) or (out, r, 1, 1), kept in the dtype they were
-    stored in (fp32, fp16 or bf16) to save memory; up2d(), down2d() and delta() compute in float32.
-    A Tucker ``lora_mid`` is folded into ``down`` when the file is read, which is exact.
-    """
-
-    name: str
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float | None = None
+    down: object  # anything with .shape: a tensor, or where a factor lies in a file (lazy_lora)
+    up: object
+    alpha: float | None
 
     @property
     def rank(self) -> int:
@@ -31,7 +26,7 @@ class LoraModule:
 
     @property
     def is_conv(self) -> bool:
-        return self.down.dim() == 4
+        return len(self.down.shape) == 4
 
     @property
     def kernel(self) -> tuple[int, int]:
@@ -55,7 +50,22 @@ class LoraModule:
     @property
     def flat_in(self) -> int:
         """Columns of down as a matrix: in·kh·kw."""
-        return self.down[0].numel()
+        return math.prod(self.down.shape[1:])
+
+
+@dataclass
+class LoraModule(FactorShapes):
+    """One LoRA module in kohya naming; ΔW = scale·up·down.
+
+    down is (r, in) or (r, in, kh, kw); up is (out, r) or (out, r, 1, 1), kept in the dtype they were
+    stored in (fp32, fp16 or bf16) to save memory; up2d(), down2d() and delta() compute in float32.
+    A Tucker ``lora_mid`` is folded into ``down`` when the file is read, which is exact.
+    """
+
+    name: str
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float | None = None
 
     def up2d(self, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """up as an (out, r) matrix in dtype (None: as stored, a view)."""

@@ -48,24 +48,17 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     the report measures the rounded factors."""
     mode = canonical_mode(mode)
     measure = mode != "concat" if report is None else report
-    n = len(loras)
-    if n < 2 and mode != "svd":
-        raise LoraMergeError(f"{mode} needs at least two inputs, got {n}")
-    weights = input_weights(weights, n)
-    family = _common_family(loras, names)
-    factors = _block_weights(lbw, n, family, presets)
-    rank, conv_rank = _ranks(mode, rank, conv_rank, energy, loras)
+    plan = check_inputs(loras, names, mode, weights, lbw, rank, conv_rank, energy, presets)
+    weights, family, factors, rank, conv_rank, order = (plan.weights, plan.family, plan.factors, plan.rank,
+                                                        plan.conv_rank, plan.order)
     dev = resolve_device(device)
-    order = _module_order(loras, names)
-    _check_output_size(mode, order, loras, rank, conv_rank)
     arena = _concat_arena(order, loras, dtype) if mode == "concat" and dev.type == "cpu" else None
     if arena:
         arena.start_hash()
 
     def merge_module(name: str) -> tuple[LoraModule, ReportRow]:
         present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
-        parts = [(m.up2d(None).to(dev), m.down2d(None).to(dev), weights[k] * lbw_factor(factors[k], name) * m.scale)
-                 for k, m in present]
+        parts = [(m.up2d(None).to(dev), m.down2d(None).to(dev), plan.coefficient(k, name, m)) for k, m in present]
         first = present[0][1]
         stack = stacked(parts) if mode == "svd" or measure else None
         if mode == "concat" or (mode == "add" and len(present) == 1):
@@ -100,9 +93,46 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     if arena:
         out.data_hash = arena.sealed_hash()
     if mode == "concat":
-        layout = JoinLayout.join(names, [{m: mod.rank for m, mod in lora.modules.items()} for lora in loras])
-        out.metadata[METADATA_KEY] = layout.to_metadata()
+        out.metadata.update(join_layout(names, loras))
     return MergeResult(out, result_report)
+
+
+@dataclass
+class MergePlan:
+    """What a merge's inputs and options come to once checked: one weight and block-weight table
+    per input, the family, the svd ranks and the output's modules in order."""
+    weights: list[float]
+    factors: list[dict | None]
+    family: str
+    rank: int | None
+    conv_rank: int | None
+    order: list[str]
+
+    def coefficient(self, k: int, name: str, module) -> float:
+        """The factor input k's module (named name) contributes with: weight · block weight · alpha/rank."""
+        return self.weights[k] * lbw_factor(self.factors[k], name) * module.scale
+
+
+def check_inputs(loras: list, names: list[str], mode: str, weights, lbw, rank, conv_rank, energy,
+                 presets) -> MergePlan:
+    """Refuse what cannot be merged (too few inputs, bad weights or lbw, mixed families, ranks outside
+    svd, layers of different shapes, an output too large) before anything is computed."""
+    n = len(loras)
+    if n < 2 and mode != "svd":
+        raise LoraMergeError(f"{mode} needs at least two inputs, got {n}")
+    weights = input_weights(weights, n)
+    family = _common_family(loras, names)
+    factors = _block_weights(lbw, n, family, presets)
+    rank, conv_rank = _ranks(mode, rank, conv_rank, energy, loras)
+    order = _module_order(loras, names)
+    _check_output_size(mode, order, loras, rank, conv_rank)
+    return MergePlan(weights, factors, family, rank, conv_rank, order)
+
+
+def join_layout(names: list[str], loras: list) -> dict[str, str]:
+    """The metadata that records which ranks of a joined file came from which input."""
+    layout = JoinLayout.join(names, [{m: mod.rank for m, mod in lora.modules.items()} for lora in loras])
+    return {METADATA_KEY: layout.to_metadata()}
 
 
 def _concat_arena(order: list[str], loras: list[LoraFile], dtype: torch.dtype) -> FactorArena:

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -45,20 +45,21 @@ _CHUNK = 1 << 20
 # --- reading ---------------------------------------------------------------------------------
 
 class DataDigest:
-    """sha256 of a file's data section, computed on a background thread (or remembered from an earlier
-    read of the same file, see hash_memo); hexdigest() waits for it."""
+    """sha256 of a file's data section, computed on a background thread by compute(), which may give
+    None for a file it could not read (or remembered
+    from an earlier read of the same file, see hash_memo); hexdigest() waits for it."""
 
-    def __init__(self, data: memoryview, ident: tuple | None = None, read_at_ns: int = 0):
+    def __init__(self, compute: Callable[[], str], ident: tuple | None = None, read_at_ns: int = 0):
         self._known = hash_memo.recall(ident) if ident else None
         self._thread = None
         if self._known is None:
-            self._thread = threading.Thread(target=self._hash, args=(data, ident, read_at_ns), name="addnet-hash",
+            self._thread = threading.Thread(target=self._hash, args=(compute, ident, read_at_ns), name="addnet-hash",
                                             daemon=True)
             self._thread.start()
 
-    def _hash(self, data: memoryview, ident: tuple | None, read_at_ns: int) -> None:
-        self._known = hashlib.sha256(data).hexdigest()
-        if ident:
+    def _hash(self, compute: Callable[[], str], ident: tuple | None, read_at_ns: int) -> None:
+        self._known = compute()
+        if ident and self._known is not None:
             hash_memo.remember(ident, self._known, read_at_ns)
 
     def hexdigest(self) -> str:
@@ -145,7 +146,8 @@ def read_tensor_file(path: os.PathLike | str, *, digest: bool = False) -> Tensor
     for key, info in parsed.tensors.items():
         _check_bool(path, key, info, data, info.offsets[0])
         tensors[key] = _tensor_from_bytes(data, info, info.offsets[0])
-    hashed = DataDigest(memoryview(data.numpy()), before, read_at) if digest else None
+    view = memoryview(data.numpy())
+    hashed = DataDigest(lambda: hashlib.sha256(view).hexdigest(), before, read_at) if digest else None
     return TensorFile(tensors, dict(parsed.metadata), hashed, data, _runs(parsed))
 
 

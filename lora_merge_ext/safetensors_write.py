@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -31,7 +32,7 @@ assert set(WRITE_ORDER) == set(DTYPE_NAMES.values()) == set(DTYPE_SIZES)
 _WRITE_RANK = {name: i for i, name in enumerate(WRITE_ORDER)}
 LEGACY_HASH_OFFSET, LEGACY_HASH_LENGTH = 0x100000, 0x10000
 _SMALL = 1 << 16  # tensors smaller than this are gathered into one write
-_HASH_PLACEHOLDER = "0" * 64
+HASH_PLACEHOLDER = "0" * 64  # a sha256 hex digest's length: the header keeps its size when it is filled in
 
 
 def _check_metadata(metadata: Mapping[str, str], path) -> dict[str, str]:
@@ -98,13 +99,14 @@ def data_views(prepared: list[tuple[str, torch.Tensor]]) -> list[memoryview]:
             for storage, begin, end in spans]
 
 
-def entries_json(entries: list[tuple[str, torch.Tensor]]) -> str:
-    """The tensor entries of the header (dtype, shape, data_offsets), as JSON members without braces."""
+def entries_json(entries: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> str:
+    """The tensor entries (name, dtype, shape), in write order, as the JSON members of the header
+    (dtype, shape, data_offsets), without braces."""
     table: dict[str, object] = {}
     at = 0
-    for name, t in entries:
-        end = at + t.numel() * t.element_size()
-        table[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [at, end]}
+    for name, dtype, shape in entries:
+        end = at + math.prod(shape) * dtype.itemsize
+        table[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [at, end]}
         at = end
     return json.dumps(table, separators=(",", ":"), ensure_ascii=False)[1:-1]
 
@@ -139,10 +141,12 @@ def _byte_range(parts: Iterable[memoryview], start: int, stop: int) -> bytes:
     return b"".join(out)
 
 
-def _kohya_legacy_hash(entries: str, views, metadata: dict[str, str]) -> str:
-    """sshs_legacy_hash as kohya computes it: on the file these tensors make with only the ss_* metadata."""
+def kohya_legacy_hash(entries: str, read_data: Callable[[int, int], bytes], metadata: dict[str, str]) -> str:
+    """sshs_legacy_hash as kohya computes it: on the file these entries make with only the ss_*
+    metadata.  read_data(start, stop): those bytes of the data section (fewer past its end)."""
     head = header_bytes(entries, {k: v for k, v in metadata.items() if k.startswith("ss_")})
-    window = _byte_range([memoryview(head), *views], LEGACY_HASH_OFFSET, LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH)
+    start, stop = LEGACY_HASH_OFFSET, LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH
+    window = head[start:stop] + read_data(max(start - len(head), 0), max(stop - len(head), 0))
     return hashlib.sha256(window).hexdigest()[:8]
 
 
@@ -182,9 +186,9 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mappi
     check_target(path, overwrite=overwrite, protect=protect)
     prepared = _prepare(tensors, path)
     views = data_views(prepared)
-    entries = entries_json(prepared)
-    meta["sshs_legacy_hash"] = _kohya_legacy_hash(entries, views, meta)
-    meta["sshs_model_hash"] = _HASH_PLACEHOLDER
+    entries = entries_json([(key, t.dtype, tuple(t.shape)) for key, t in prepared])
+    meta["sshs_legacy_hash"] = kohya_legacy_hash(entries, lambda start, stop: _byte_range(views, start, stop), meta)
+    meta["sshs_model_hash"] = HASH_PLACEHOLDER
     head_length = len(header_bytes(entries, meta))
     digest = hashlib.sha256()
 

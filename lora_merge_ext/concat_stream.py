@@ -1,0 +1,135 @@
+"""A concat merge written straight into its file, module by module: the joined LoRA is never held
+in memory whole, and neither are the inputs.
+
+The header is laid out first (every shape of a concat is known from the inputs' headers; the hashes
+it carries have a fixed length and are filled in at the end).  Then, in file order, each input
+factor is read into a small buffer (lazy_lora), each joined module is computed by
+factor_math.concat_parts, as merge() computes it, into an OrderedWriter buffer, and written and
+hashed in order.  The file is byte for byte what merge() then save() write.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Iterable
+
+import torch
+
+from .atomic_write import write_file_atomic
+from .factor_arena import ALPHA_DTYPE, ALPHA_KEY, DOWN_KEY, UP_KEY
+from .factor_math import concat_parts
+from .finite_check import block_is_finite
+from .lazy_lora import FactorSource, LazyLora, LazyModule, Unstreamable
+from .lora_file import LoraFile
+from .merge import MergePlan
+from .merge_report import MergeReport, ReportRow
+from .ordered_writer import OrderedWriter
+from .workers import one_torch_thread
+from .safetensors_write import HASH_PLACEHOLDER, entries_json, header_bytes, kohya_legacy_hash, write_position
+
+Metadata = Callable[[list[str]], dict[str, str]]  # the output's metadata, given the inputs' hashes
+
+
+def joined_modules(loras: list[LazyLora], order: list[str], dtype: torch.dtype) -> dict[str, LazyModule]:
+    """The modules of the joined file: ranks added up, shaped like the first input's, alpha = rank."""
+    out = {}
+    for name in order:
+        mods = [lora.modules[name] for lora in loras if name in lora.modules]
+        first, r = mods[0], sum(m.rank for m in mods)
+        down = (r, *first.down.shape[1:])
+        up = (first.out_features, r, 1, 1) if first.is_conv else (first.out_features, r)
+        out[name] = LazyModule(name, FactorSource(dtype, down), FactorSource(dtype, up), float(r))
+    return out
+
+
+def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metadata: Metadata,
+                 path: str | os.PathLike, *, overwrite: bool = False, protect: Iterable = (),
+                 progress: Callable[[int, int, str], None] | None = None) -> tuple[str, MergeReport]:
+    """Write the concat of loras (result: its joined_modules, family and join layout) to path
+    atomically; returns (sshs_model_hash, report).  Raises Unstreamable when an input turns out to
+    hold NaN or Inf or changes meanwhile (nothing is written then)."""
+    entries = _entries(result)
+    table = entries_json([(key, dtype, shape) for key, dtype, shape, _, _ in entries])
+    meta = metadata([HASH_PLACEHOLDER] * len(loras))
+    meta.update(sshs_legacy_hash="0" * 8, sshs_model_hash=HASH_PLACEHOLDER)
+    head_length = len(header_bytes(table, meta))
+
+    def fill(fd: int) -> None:
+        writer = OrderedWriter(fd, head_length)
+        try:
+            with one_torch_thread():  # small ops, while the hashes run on other cores
+                _write_modules(writer, entries, loras, plan, {n: m.alpha for n, m in result.modules.items()}, progress)
+            digest = writer.finish()
+        except BaseException:
+            writer.abandon()
+            raise
+        hashes = [lora.file_hash() for lora in loras]
+        if None in hashes or not all(lora.unchanged() for lora in loras):
+            raise Unstreamable("an input changed while it was being read")
+        final = metadata(hashes)
+        final["sshs_legacy_hash"] = kohya_legacy_hash(
+            table, lambda start, stop: os.pread(fd, stop - start, head_length + start), final)
+        final["sshs_model_hash"] = digest
+        head = header_bytes(table, final)
+        if len(head) != head_length:
+            raise RuntimeError("the header changed length while the file was written")
+        os.pwrite(fd, head, 0)
+        meta.update(final)
+
+    write_file_atomic(path, fill, overwrite=overwrite, protect=protect)
+    report = MergeReport("concat", measured=False,
+                         rows=[ReportRow(name, m.rank, None) for name, m in result.modules.items()])
+    return meta["sshs_model_hash"], report
+
+
+def _entries(result: LoraFile) -> list[tuple[str, torch.dtype, tuple[int, ...], str, int]]:
+    """(key, dtype, shape, module, role) of every tensor in file order; role 0 alpha, 1 down, 2 up."""
+    entries = []
+    for name, m in result.modules.items():
+        entries += [(ALPHA_KEY.format(name), ALPHA_DTYPE, (), name, 0),
+                    (DOWN_KEY.format(name), m.down.dtype, m.down.shape, name, 1),
+                    (UP_KEY.format(name), m.up.dtype, m.up.shape, name, 2)]
+    entries.sort(key=lambda e: write_position(e[0], e[1]))
+    return entries
+
+
+def _write_modules(writer: OrderedWriter, entries, loras: list[LazyLora], plan: MergePlan,
+                   alphas: dict[str, float], progress) -> None:
+    scratch = torch.empty(0, dtype=torch.uint8)
+    total, done = len(plan.order), 0
+    for i, (_key, dtype, shape, name, role) in enumerate(entries):
+        if role == 0:
+            writer.take(dtype.itemsize).view(dtype).fill_(alphas[name])
+            continue
+        if role == 2:
+            continue  # written with its down, which comes just before it
+        up_entry = entries[i + 1]
+        assert up_entry[3] == name and up_entry[4] == 2, "a module's up follows its down in the file"
+        present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
+        down_bytes = math.prod(shape) * dtype.itemsize
+        block_bytes = down_bytes + math.prod(up_entry[2]) * dtype.itemsize
+        need = sum(_padded(m.up.nbytes) + _padded(m.down.nbytes) for _, m in present)
+        need = max(need, block_bytes)  # the finite check of the output uses it too
+        if scratch.numel() < need:
+            scratch = torch.empty(need, dtype=torch.uint8)
+        parts, at = [], 0
+        for k, m in present:
+            up = loras[k].read_into(m.up, scratch[at:at + m.up.nbytes])
+            at += _padded(m.up.nbytes)
+            down = loras[k].read_into(m.down, scratch[at:at + m.down.nbytes])
+            at += _padded(m.down.nbytes)
+            parts.append((up, down, plan.coefficient(k, name, m)))
+        block = writer.take(block_bytes)
+        down_out = block[:down_bytes].view(dtype).reshape(shape[0], -1)
+        up_out = block[down_bytes:].view(dtype).reshape(up_entry[2][0], -1)
+        concat_parts(parts, dtype, (up_out, down_out))
+        if not block_is_finite(block.view(dtype), scratch):
+            raise Unstreamable(f"module {name}: a NaN or Inf in an input, or a value too large for {dtype}")
+        done += 1
+        if progress and (done % 16 == 1 or done == total):
+            progress(done, total, name)
+
+
+def _padded(nbytes: int) -> int:
+    """Room for nbytes in the scratch buffer, keeping the next factor 8-byte aligned."""
+    return nbytes + (-nbytes % 8)

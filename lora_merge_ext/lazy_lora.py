@@ -1,0 +1,189 @@
+"""A .safetensors LoRA as places in its file rather than tensors: what a streamed concat
+(concat_stream) needs to plan its output, then read each factor when its turn comes.
+
+open_lazy validates what load_lora validates from the header alone (key forms, names, shapes,
+family, alphas); the factors' values (NaN, Inf) are left to the reader.  A file it cannot
+describe this way (not safetensors, Tucker, other dtypes) gives None: load it whole instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import hash_memo
+from .errors import LoraMergeError
+from .family import detect_family
+from .loading import alpha_value, check_factor_shapes, group_keys, kohya_name
+from .lora_file import FactorShapes
+from .safetensors_header import TensorInfo, open_input_file, parse_header
+from .safetensors_io import TORCH_DTYPES, DataDigest
+
+FACTOR_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_HASH_CHUNK = 1 << 22
+
+
+class Unstreamable(Exception):
+    """This input cannot be streamed after all (non-finite values, or the file changed while read):
+    merge it the ordinary way, which reports the problem as load_lora does."""
+
+
+@dataclass(frozen=True)
+class FactorSource:
+    """A factor's dtype and shape, and where its bytes lie in its file (offset -1: in no file)."""
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int = -1
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass
+class LazyModule(FactorShapes):
+    """A module whose factors are still in the file (shapes normalised as load_lora does: up is
+    4-D exactly when down is)."""
+    name: str
+    down: FactorSource
+    up: FactorSource
+    alpha: float | None = None
+
+
+@dataclass
+class LazyLora:
+    """A LoRA file held open: its modules, metadata, family, and its addnet hash under way."""
+    path: str
+    modules: dict[str, LazyModule]
+    metadata: dict[str, str]
+    family: str
+    fd: int
+    ident: tuple
+    digest: DataDigest | None = None
+    sources: list[str] = field(default_factory=list)
+
+    def file_hash(self) -> str | None:
+        """The addnet hash of the file (None when it could not be read to the end)."""
+        return self.digest.hexdigest()
+
+    @property
+    def max_rank(self) -> int:
+        return max((m.rank for m in self.modules.values()), default=0)
+
+    def read_into(self, factor: FactorSource, out: torch.Tensor) -> torch.Tensor:
+        """Read a factor's bytes into the uint8 tensor out (its size); returns them as a 2-D float
+        matrix (rows: the first dimension).  Raises Unstreamable on a short read.  NaN and Inf are
+        not looked for here (a concat checks what it writes: a NaN or Inf read ends up there)."""
+        _pread_exactly(self.fd, memoryview(out.numpy()), factor.offset)
+        return out.view(factor.dtype).reshape(factor.shape[0], -1)
+
+    def unchanged(self) -> bool:
+        """True while the file has the identity it had when opened (nothing wrote to it)."""
+        try:
+            return hash_memo.identity(os.fstat(self.fd)) == self.ident
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Wait for the hash (it reads through the descriptor), then close the file."""
+        if self.fd < 0:
+            return
+        if self.digest is not None:
+            self.digest.hexdigest()
+        os.close(self.fd)
+        self.fd = -1
+
+
+def open_lazy(path: str | os.PathLike) -> LazyLora | None:
+    """Open a .safetensors LoRA as a LazyLora (start hashing its data section unless the hash is
+    remembered), raising LoraMergeError as load_lora does for a bad header or shapes; None when
+    the file needs load_lora."""
+    path = os.fspath(path)
+    if sys.byteorder != "little" or Path(path).suffix.lower() != ".safetensors":
+        return None
+    parsed = parse_header(path)
+    f, size = open_input_file(path)
+    fd = os.dup(f.fileno())
+    f.close()
+    try:
+        read_at, ident = time.time_ns(), hash_memo.identity(os.fstat(fd))
+        modules = None if size != parsed.file_size else _modules(path, parsed, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if modules is None:
+        os.close(fd)
+        return None
+    family, modules = modules
+    start, end = parsed.data_start, parsed.file_size
+    lora = LazyLora(path, modules, dict(parsed.metadata), family, fd, ident)
+    lora.digest = DataDigest(lambda: _sha256_of_range(fd, start, end), ident, read_at)
+    return lora
+
+
+def _modules(path: str, parsed, fd: int) -> tuple[str, dict[str, LazyModule]] | None:
+    groups = group_keys(parsed.tensors, path)
+    family = detect_family({m: g["down"] for m, g in groups.items() if "down" in g}, parsed.metadata)
+    modules: dict[str, LazyModule] = {}
+    for raw, roles in groups.items():
+        name = kohya_name(raw, family)
+        if name in modules or "mid" in roles or "down" not in roles or "up" not in roles:
+            return None  # load_lora folds Tucker cores and words these errors
+        down, up = roles["down"], roles["up"]
+        if down.dtype not in FACTOR_DTYPES or up.dtype not in FACTOR_DTYPES:
+            return None
+        check_factor_shapes(f"{path}: module {name}", down.shape, up.shape)
+        up_shape = up.shape[:2] + (1, 1) if len(down.shape) == 4 else up.shape[:2]
+        alpha = _alpha(path, name, roles.get("alpha"), parsed.data_start, fd)
+        if alpha is not None and not math.isfinite(alpha):
+            return None
+        modules[name] = LazyModule(name, _source(down, down.shape, parsed.data_start),
+                                   _source(up, up_shape, parsed.data_start), alpha)
+    return family, modules
+
+
+def _source(info: TensorInfo, shape: tuple[int, ...], data_start: int) -> FactorSource:
+    return FactorSource(FACTOR_DTYPES[info.dtype], tuple(shape), data_start + info.offsets[0])
+
+
+def _alpha(path: str, name: str, info: TensorInfo | None, data_start: int, fd: int) -> float | None:
+    if info is None:
+        return None
+    raw = bytearray(info.nbytes)
+    _pread_exactly(fd, memoryview(raw), data_start + info.offsets[0], path)
+    values = torch.frombuffer(raw, dtype=TORCH_DTYPES[info.dtype]) if raw else torch.empty(0)
+    return alpha_value(f"{path}: module {name}", values.reshape(info.shape))
+
+
+def _pread_exactly(fd: int, view: memoryview, offset: int, path: str | None = None) -> None:
+    """Fill view from the file at offset.  A short read means the file shrank while in use:
+    LoraMergeError naming path when given, else Unstreamable."""
+    while view:
+        got = os.preadv(fd, [view], offset)
+        if got <= 0:
+            if path is not None:
+                raise LoraMergeError(f"{path}: file changed while it was being read")
+            raise Unstreamable("file changed while it was being read")
+        view, offset = view[got:], offset + got
+
+
+def _sha256_of_range(fd: int, start: int, end: int) -> str | None:
+    """sha256 of bytes start..end of the file, read in chunks; None when they cannot all be read."""
+    digest, chunk = hashlib.sha256(), bytearray(_HASH_CHUNK)
+    view = memoryview(chunk)
+    while start < end:
+        try:
+            got = os.preadv(fd, [view[:min(_HASH_CHUNK, end - start)]], start)
+        except OSError:
+            return None
+        if got <= 0:
+            return None
+        digest.update(view[:got])
+        start += got
+    return digest.hexdigest()
