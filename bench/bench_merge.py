@@ -6,7 +6,8 @@ Measured in one run, against baselines measured in the same run:
 - concat (merge + save) vs the I/O floor: safetensors load of the inputs plus save of the output;
   "cold" is a first merge of the inputs, which hashes them (provenance), "warm" a merge of inputs
   whose hashes this process remembers (hash_memo: the tab merging the same files again);
-- peak resident memory of the svd merge in a fresh process vs inputs + output + 1 GiB.
+- peak resident memory of the svd merge in a fresh process vs inputs + output + 1 GiB (and, for
+  comparison, that of a concat, which is streamed to its file).
 
     .venv/bin/python bench/bench_merge.py [--quick] [--dense-all | --no-dense] [--device cuda]
 
@@ -96,12 +97,12 @@ def settle() -> None:
     os.sync()
 
 
-def peak_rss_of_svd(paths: list[Path], out: Path, rank: int, device: str) -> int:
-    """Peak resident memory of an svd merge + save in a fresh process.  Read from VmHWM, the high-water
+def peak_rss(paths: list[Path], out: Path, mode: str, rank: int | None, device: str) -> int:
+    """Peak resident memory of a merge_to_file in a fresh process.  Read from VmHWM, the high-water
     mark of the process's own memory: getrusage's ru_maxrss would also count this (large) parent,
     whose high-water mark a child inherits when it is started with fork/vfork and exec."""
     code = ("import re; from lora_merge_ext import api; "
-            f"api.merge_to_file({[str(p) for p in paths]!r}, {str(out)!r}, mode='svd', rank={rank}, "
+            f"api.merge_to_file({[str(p) for p in paths]!r}, {str(out)!r}, mode={mode!r}, rank={rank!r}, "
             f"device={device!r}, dtype='fp16', overwrite=True); "
             "print(re.search(r'VmHWM:\\s*(\\d+) kB', open('/proc/self/status').read()).group(1))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -143,7 +144,9 @@ def main() -> None:
             if not args.no_dense and (args.dense_all or (family, rank) == ("SD1.5", 32)):
                 t_dense, dense_err = dense_svd_baseline(paths, [1.0, -0.5], rank)
                 row.update(dense_s=t_dense, dense_error=dense_err, speedup=t_dense / t_svd)
-            peak = peak_rss_of_svd(paths, tmp / f"{spec}_{rank}_svd_mem.safetensors", rank, args.device)
+            peak = peak_rss(paths, tmp / f"{spec}_{rank}_svd_mem.safetensors", "svd", rank, args.device)
+            row.update(concat_peak_GiB=peak_rss(paths, tmp / f"{spec}_{rank}_concat_mem.safetensors", "concat", None,
+                                                args.device) / GiB)
             out_size = (tmp / f"{spec}_{rank}_svd_mem.safetensors").stat().st_size
             row.update(peak_GiB=peak / GiB, budget_GiB=(in_size + out_size + GiB) / GiB)
             rows.append(row)
@@ -154,7 +157,7 @@ def main() -> None:
 def print_table(rows: list[dict]) -> None:
     head = ("config", "inputs", "concat cold", "concat warm", "I/O floor", "cold/IO", "warm/IO", "svd", "dense svd",
             "speedup",
-            "err svd", "err dense", "peak RSS", "budget")
+            "err svd", "err dense", "svd peak RSS", "budget", "concat peak RSS")
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in rows:
@@ -163,7 +166,7 @@ def print_table(rows: list[dict]) -> None:
                  f"{r['dense_s']:.1f} s" if "dense_s" in r else "—",
                  f"{r['speedup']:.0f}×" if "speedup" in r else "—",
                  f"{r['svd_error']:.4f}", f"{r['dense_error']:.4f}" if "dense_error" in r else "—",
-                 f"{r['peak_GiB']:.2f} GiB", f"{r['budget_GiB']:.2f} GiB"]
+                 f"{r['peak_GiB']:.2f} GiB", f"{r['budget_GiB']:.2f} GiB", f"{r['concat_peak_GiB']:.2f} GiB"]
         print(" | ".join(cells))
 
 

@@ -24,8 +24,8 @@ from .lora_file import LoraFile
 from .merge import MergePlan
 from .merge_report import MergeReport, ReportRow
 from .ordered_writer import OrderedWriter
-from .workers import one_torch_thread
 from .safetensors_write import HASH_PLACEHOLDER, entries_json, header_bytes, kohya_legacy_hash, write_position
+from .workers import one_torch_thread
 
 Metadata = Callable[[list[str]], dict[str, str]]  # the output's metadata, given the inputs' hashes
 
@@ -95,39 +95,43 @@ def _entries(result: LoraFile) -> list[tuple[str, torch.dtype, tuple[int, ...], 
 
 def _write_modules(writer: OrderedWriter, entries, loras: list[LazyLora], plan: MergePlan,
                    alphas: dict[str, float], progress) -> None:
+    """Every tensor in file order: alphas as they come, each module's down and up (next to each
+    other in the file) computed together; every joined module is checked for NaN and Inf."""
     scratch = torch.empty(0, dtype=torch.uint8)
     total, done = len(plan.order), 0
     for i, (_key, dtype, shape, name, role) in enumerate(entries):
         if role == 0:
             writer.take(dtype.itemsize).view(dtype).fill_(alphas[name])
-            continue
-        if role == 2:
-            continue  # written with its down, which comes just before it
-        up_entry = entries[i + 1]
-        assert up_entry[3] == name and up_entry[4] == 2, "a module's up follows its down in the file"
-        present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
-        down_bytes = math.prod(shape) * dtype.itemsize
-        block_bytes = down_bytes + math.prod(up_entry[2]) * dtype.itemsize
-        need = sum(_padded(m.up.nbytes) + _padded(m.down.nbytes) for _, m in present)
-        need = max(need, block_bytes)  # the finite check of the output uses it too
-        if scratch.numel() < need:
-            scratch = torch.empty(need, dtype=torch.uint8)
-        parts, at = [], 0
-        for k, m in present:
-            up = loras[k].read_into(m.up, scratch[at:at + m.up.nbytes])
-            at += _padded(m.up.nbytes)
-            down = loras[k].read_into(m.down, scratch[at:at + m.down.nbytes])
-            at += _padded(m.down.nbytes)
-            parts.append((up, down, plan.coefficient(k, name, m)))
-        block = writer.take(block_bytes)
-        down_out = block[:down_bytes].view(dtype).reshape(shape[0], -1)
-        up_out = block[down_bytes:].view(dtype).reshape(up_entry[2][0], -1)
-        concat_parts(parts, dtype, (up_out, down_out))
-        if not block_is_finite(block.view(dtype), scratch):
-            raise Unstreamable(f"module {name}: a NaN or Inf in an input, or a value too large for {dtype}")
-        done += 1
-        if progress and (done % 16 == 1 or done == total):
-            progress(done, total, name)
+        elif role == 1:
+            up_shape = entries[i + 1][2]
+            assert entries[i + 1][3:] == (name, 2), "a module's up follows its down in the file"
+            down_bytes = math.prod(shape) * dtype.itemsize
+            block_bytes = down_bytes + math.prod(up_shape) * dtype.itemsize
+            present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
+            need = max(block_bytes, sum(_padded(m.up.nbytes) + _padded(m.down.nbytes) for _, m in present))
+            if scratch.numel() < need:
+                scratch = torch.empty(need, dtype=torch.uint8)
+            parts = _read_parts(loras, plan, name, present, scratch)
+            block = writer.take(block_bytes)
+            concat_parts(parts, dtype, (block[down_bytes:].view(dtype).reshape(up_shape[0], -1),
+                                        block[:down_bytes].view(dtype).reshape(shape[0], -1)))
+            if not block_is_finite(block.view(dtype), scratch):
+                raise Unstreamable(f"module {name}: a NaN or Inf in an input, or a value too large for {dtype}")
+            done += 1
+            if progress and (done % 16 == 1 or done == total):
+                progress(done, total, name)
+
+
+def _read_parts(loras: list[LazyLora], plan: MergePlan, name: str, present, scratch: torch.Tensor) -> list:
+    """(up, down, coefficient) of module name in each input that has it, read into scratch."""
+    parts, at = [], 0
+    for k, m in present:
+        up = loras[k].read_into(m.up, scratch[at:at + m.up.nbytes])
+        at += _padded(m.up.nbytes)
+        down = loras[k].read_into(m.down, scratch[at:at + m.down.nbytes])
+        at += _padded(m.down.nbytes)
+        parts.append((up, down, plan.coefficient(k, name, m)))
+    return parts
 
 
 def _padded(nbytes: int) -> int:
