@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from functools import partial
 from typing import Callable, Iterable
 
 import torch
@@ -23,9 +25,9 @@ from .lazy_lora import FactorSource, LazyLora, LazyModule, Unstreamable
 from .lora_file import LoraFile
 from .merge import MergePlan
 from .merge_report import MergeReport, ReportRow
-from .ordered_writer import OrderedWriter
+from .ordered_writer import BUFFER_BYTES, OrderedWriter
 from .safetensors_write import HASH_PLACEHOLDER, entries_json, header_bytes, kohya_legacy_hash, write_position
-from .workers import one_torch_thread
+from .workers import one_torch_thread, worker_count
 
 Metadata = Callable[[list[str]], dict[str, str]]  # the output's metadata, given the inputs' hashes
 
@@ -55,14 +57,19 @@ def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metad
     head_length = len(header_bytes(table, meta))
 
     def fill(fd: int) -> None:
-        writer = OrderedWriter(fd, head_length)
+        # on two cores the hash has one and the merge the other; each further core is a worker
+        workers = worker_count() - 1 if worker_count() > 2 else 0
+        writer = OrderedWriter(fd, head_length, workers, FiniteCheck(result.modules))
         try:
             with one_torch_thread():  # small ops, while the hashes run on other cores
-                _write_modules(writer, entries, loras, plan, {n: m.alpha for n, m in result.modules.items()}, progress)
+                _write_pieces(writer, entries, loras, plan, {n: m.alpha for n, m in result.modules.items()},
+                              progress)
             digest = writer.finish()
         except BaseException:
             writer.abandon()
             raise
+        if not writer.passed:
+            raise Unstreamable("a NaN or Inf in an input, or a value too large for the output dtype")
         hashes = [lora.file_hash() for lora in loras]
         if None in hashes or not all(lora.unchanged() for lora in loras):
             raise Unstreamable("an input changed while it was being read")
@@ -93,33 +100,60 @@ def _entries(result: LoraFile) -> list[tuple[str, torch.dtype, tuple[int, ...], 
     return entries
 
 
-def _write_modules(writer: OrderedWriter, entries, loras: list[LazyLora], plan: MergePlan,
-                   alphas: dict[str, float], progress) -> None:
-    """Every tensor in file order: alphas as they come, each module's down and up (next to each
-    other in the file) computed together; every joined module is checked for NaN and Inf."""
-    scratch = torch.empty(0, dtype=torch.uint8)
-    total, done = len(plan.order), 0
+def _write_pieces(writer: OrderedWriter, entries, loras: list[LazyLora], plan: MergePlan,
+                  alphas: dict[str, float], progress) -> None:
+    """Hand the writer the data section in pieces of whole modules, each at most one buffer (or one
+    module); report progress as pieces are handed over."""
+    scratch = threading.local()
+    total, done, piece, size = len(plan.order), 0, [], 0
+    for item in _items(entries):
+        if piece and size + item[0] > BUFFER_BYTES:
+            writer.put(size, partial(_fill_piece, piece, loras, plan, alphas, scratch))
+            done += sum(1 for _, _, role, *_ in piece if role == 1)
+            if progress:
+                progress(done, total, piece[-1][1])
+            piece, size = [], 0
+        piece.append(item)
+        size += item[0]
+    if piece:
+        writer.put(size, partial(_fill_piece, piece, loras, plan, alphas, scratch))
+        if progress:
+            progress(total, total, piece[-1][1])
+
+
+def _items(entries) -> list[tuple]:
+    """(bytes, module, role, dtype, shapes): an alpha (role 0), or a module's down and up together
+    (role 1; they lie next to each other in the file, down first)."""
+    items = []
     for i, (_key, dtype, shape, name, role) in enumerate(entries):
         if role == 0:
-            writer.take(dtype.itemsize).view(dtype).fill_(alphas[name])
+            items.append((dtype.itemsize, name, 0, dtype, ()))
         elif role == 1:
             up_shape = entries[i + 1][2]
             assert entries[i + 1][3:] == (name, 2), "a module's up follows its down in the file"
-            down_bytes = math.prod(shape) * dtype.itemsize
-            block_bytes = down_bytes + math.prod(up_shape) * dtype.itemsize
-            present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
-            need = max(block_bytes, sum(_padded(m.up.nbytes) + _padded(m.down.nbytes) for _, m in present))
-            if scratch.numel() < need:
-                scratch = torch.empty(need, dtype=torch.uint8)
-            parts = _read_parts(loras, plan, name, present, scratch)
-            block = writer.take(block_bytes)
-            concat_parts(parts, dtype, (block[down_bytes:].view(dtype).reshape(up_shape[0], -1),
-                                        block[:down_bytes].view(dtype).reshape(shape[0], -1)))
-            if not block_is_finite(block.view(dtype), scratch):
-                raise Unstreamable(f"module {name}: a NaN or Inf in an input, or a value too large for {dtype}")
-            done += 1
-            if progress and (done % 16 == 1 or done == total):
-                progress(done, total, name)
+            items.append(((math.prod(shape) + math.prod(up_shape)) * dtype.itemsize, name, 1, dtype, (shape, up_shape)))
+    return items
+
+
+def _fill_piece(piece, loras: list[LazyLora], plan: MergePlan, alphas: dict[str, float],
+                scratch: threading.local, out: torch.Tensor) -> None:
+    """Compute the items of a piece into out (uint8, their size)."""
+    at = 0
+    for nbytes, name, role, dtype, shapes in piece:
+        block = out[at:at + nbytes]
+        at += nbytes
+        if role == 0:
+            block.view(dtype).fill_(alphas[name])
+            continue
+        down_shape, up_shape = shapes
+        down_bytes = math.prod(down_shape) * dtype.itemsize
+        present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
+        need = sum(_padded(m.up.nbytes) + _padded(m.down.nbytes) for _, m in present)
+        if getattr(scratch, "buffer", None) is None or scratch.buffer.numel() < need:
+            scratch.buffer = torch.empty(need, dtype=torch.uint8)
+        parts = _read_parts(loras, plan, name, present, scratch.buffer)
+        concat_parts(parts, dtype, (block[down_bytes:].view(dtype).reshape(up_shape[0], -1),
+                                    block[:down_bytes].view(dtype).reshape(down_shape[0], -1)))
 
 
 def _read_parts(loras: list[LazyLora], plan: MergePlan, name: str, present, scratch: torch.Tensor) -> list:
@@ -132,6 +166,20 @@ def _read_parts(loras: list[LazyLora], plan: MergePlan, name: str, present, scra
         at += _padded(m.down.nbytes)
         parts.append((up, down, plan.coefficient(k, name, m)))
     return parts
+
+
+class FiniteCheck:
+    """True for a piece of the data section without NaN or Inf.  The factors have one dtype; the
+    float32 alphas of a half-precision file (joined ranks, whole numbers) read as two finite halves."""
+
+    def __init__(self, modules: dict[str, LazyModule]):
+        self.dtype = next(iter(modules.values())).down.dtype if modules else torch.float32
+        self.scratch = torch.empty(0, dtype=torch.uint8)
+
+    def __call__(self, piece: torch.Tensor) -> bool:
+        if self.scratch.numel() < piece.numel():
+            self.scratch = torch.empty(piece.numel(), dtype=torch.uint8)
+        return block_is_finite(piece.view(self.dtype), self.scratch)
 
 
 def _padded(nbytes: int) -> int:

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,15 +66,10 @@ class LazyLora:
     fd: int
     ident: tuple
     digest: DataDigest | None = None
-    sources: list[str] = field(default_factory=list)
 
     def file_hash(self) -> str | None:
         """The addnet hash of the file (None when it could not be read to the end)."""
         return self.digest.hexdigest()
-
-    @property
-    def max_rank(self) -> int:
-        return max((m.rank for m in self.modules.values()), default=0)
 
     def read_into(self, factor: FactorSource, out: torch.Tensor) -> torch.Tensor:
         """Read a factor's bytes into the uint8 tensor out (its size); returns them as a 2-D float

@@ -1,9 +1,8 @@
-"""Write a file's data section in order from a few reused buffers, hashing it on a second thread.
+"""Write a file's data section in order, piece by piece, from a few reused buffers: pieces are
+filled on worker threads, written in order, and hashed (and checked) on a thread of their own.
 
 A writer that fills fresh memory the size of its output pays for every new page; these buffers
 stay in the cache and are reused, so the only new memory is the page cache the file needs anyway.
-Each full buffer is written at its place in the file, then handed to a thread that adds it to the
-sha256 and gives it back.
 """
 from __future__ import annotations
 
@@ -12,67 +11,93 @@ import hashlib
 import os
 import queue
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
 
 import torch
 
+from .workers import one_thread_initializer
+
 BUFFER_BYTES = 4 << 20
-DEPTH = 3  # buffers: one being filled, one being hashed, one spare
+Fill = Callable[[torch.Tensor], None]
+Check = Callable[[torch.Tensor], bool]
 
 
 class OrderedWriter:
-    """take(n) gives the next n bytes of the data section as a uint8 tensor to fill; finish() writes
-    what is left and returns the sha256 of everything written."""
+    """put(n, fill) queues the next n bytes of the file, which fill(buffer) writes into a uint8
+    buffer of n bytes (on one of `workers` threads, or in the caller's when 0); finish() writes what
+    is left and returns the sha256 of everything written.  A piece larger than BUFFER_BYTES gets a
+    buffer of its own.  check(piece), run on the hash thread, can refuse pieces: see passed."""
 
-    def __init__(self, fd: int, offset: int):
+    def __init__(self, fd: int, offset: int, workers: int = 0, check: Check | None = None):
         self._fd, self._at = fd, offset
         self._free: queue.Queue = queue.Queue()
-        for _ in range(DEPTH - 1):
+        self._check, self.passed = check, True
+        for _ in range(max(workers, 1) + 2):  # one per worker, one being written, one being hashed
             self._free.put(torch.empty(BUFFER_BYTES, dtype=torch.uint8))
-        self._current, self._used = torch.empty(BUFFER_BYTES, dtype=torch.uint8), 0
+        self._torch_threads = torch.get_num_threads()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="lora-merge",
+                                        initializer=one_thread_initializer) if workers > 0 else None
+        self._pending: deque[tuple[Future | None, torch.Tensor, int]] = deque()
         self._written: queue.Queue = queue.Queue()
         self._digest = hashlib.sha256()
         self._hasher = threading.Thread(target=self._hash, name="sshs-hash", daemon=True)
         self._hasher.start()
 
-    def take(self, nbytes: int) -> torch.Tensor:
-        """The next nbytes of the file, to be filled before the next take or finish."""
-        if self._used + nbytes > self._current.numel():
-            self._flush()
-            if nbytes > self._current.numel():  # larger than a buffer: one of its own, used once
-                self._free.put(self._current)
-                self._current = torch.empty(nbytes, dtype=torch.uint8)
-        view = self._current[self._used:self._used + nbytes]
-        self._used += nbytes
-        return view
+    def put(self, nbytes: int, fill: Fill) -> None:
+        """Queue the next nbytes; returns once they are being filled (an earlier piece may be
+        written meanwhile).  An error raised by fill is raised here or by a later put or finish."""
+        while self._pending and (self._free.empty() or self._pending[0][0] is None or self._pending[0][0].done()):
+            self._write_oldest()
+        buffer = self._free.get() if nbytes <= BUFFER_BYTES else torch.empty(nbytes, dtype=torch.uint8)
+        piece = buffer[:nbytes]
+        if self._pool is None:
+            fill(piece)
+            self._pending.append((None, buffer, nbytes))
+        else:
+            self._pending.append((self._pool.submit(fill, piece), buffer, nbytes))
 
     def finish(self) -> str:
-        """Write the rest; the sha256 hex digest of all bytes taken."""
-        self._flush()
-        self._written.put(None)
+        """Write the rest; the sha256 hex digest of all bytes written."""
+        while self._pending:
+            self._write_oldest()
+        self._stop()
         self._hasher.join()
         return self._digest.hexdigest()
 
     def abandon(self) -> None:
-        """Stop the hash thread (the file is being thrown away)."""
+        """Stop the workers and the hash thread (the file is being thrown away)."""
+        for future, _, _ in self._pending:
+            if future is not None:
+                future.cancel()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            torch.set_num_threads(self._torch_threads)  # as map_in_workers: torch keeps the last count set
         self._written.put(None)
 
-    def _flush(self) -> None:
-        if not self._used:
-            return
-        data = memoryview(self._current.numpy())[:self._used]
-        at = self._at
+    def _write_oldest(self) -> None:
+        future, buffer, used = self._pending[0]
+        if future is not None:
+            future.result()
+        self._pending.popleft()
+        data, at = memoryview(buffer.numpy())[:used], self._at
         while data:
             n = os.pwrite(self._fd, data, at)
             if n <= 0:
                 raise OSError(errno.EIO, "write returned no progress")
             data, at = data[n:], at + n
-        self._at += self._used
-        self._written.put((self._current, self._used))
-        self._current, self._used = self._free.get(), 0
+        self._at += used
+        self._written.put((buffer, used))
 
     def _hash(self) -> None:
         while (item := self._written.get()) is not None:
             buffer, used = item
             self._digest.update(memoryview(buffer.numpy())[:used])
+            if self._check is not None and self.passed and not self._check(buffer[:used]):
+                self.passed = False
             if buffer.numel() == BUFFER_BYTES:
                 self._free.put(buffer)

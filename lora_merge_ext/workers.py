@@ -26,8 +26,9 @@ def worker_count(device: torch.device | None = None) -> int:
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # per thread: this worker's OpenMP and MKL settings only
+def one_thread_initializer() -> None:
+    """For a worker thread: torch single-threaded in it (this thread's OpenMP and MKL settings only)."""
+    torch.set_num_threads(1)
 
 
 @contextmanager
@@ -50,7 +51,7 @@ def map_in_workers(fn: Callable[[T], R], items: Iterable[T], workers: int) -> It
         yield from map(fn, items)
         return
     before = torch.get_num_threads()
-    pool = ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="lora-merge", initializer=_one_thread)
+    pool = ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="lora-merge", initializer=one_thread_initializer)
     futures = [pool.submit(fn, item) for item in items]
     try:
         for future in futures:

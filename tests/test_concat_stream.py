@@ -85,6 +85,18 @@ def test_streamed_file_is_the_in_memory_file(tmp_path, monkeypatch, case):
     assert not report.measured and len(report.rows) == len(load_lora(saved.path).modules)
 
 
+@pytest.mark.parametrize("cores", [1, 4, 9])
+def test_streamed_file_is_the_same_on_any_number_of_cores(tmp_path, monkeypatch, cores):
+    import lora_merge_ext.concat_stream as concat_stream
+    inputs, kw = _cases(tmp_path)["partial overlap, no alpha, three inputs, lbw"]
+    expected = in_memory(inputs, tmp_path / "memory.safetensors", **kw)
+    monkeypatch.setattr(concat_stream, "worker_count", lambda: cores)  # cores - 1 fill workers beyond two
+    monkeypatch.setattr(concat_stream, "BUFFER_BYTES", 1 << 16)  # many pieces, a few modules larger than one
+    no_in_memory_merge(monkeypatch)
+    saved, _ = api.merge_to_file(inputs, tmp_path / "streamed.safetensors", **kw)
+    assert_same_file(saved.path, expected.path)
+
+
 def test_streamed_concat_is_the_weighted_sum(tmp_path, monkeypatch):
     small = lambda n: "layers_3_mlp_fc1" in n or "down_blocks_0_resnets_0_conv" in n or "up_blocks_3_attentions_2" in n
     inputs = [make_lora(tmp_path / "a.safetensors", "sd15_locon", rank=4, seed=1, keep=small),
@@ -202,21 +214,40 @@ def test_bad_shapes_are_refused_with_load_lora_words(tmp_path):
     assert str(lazy.value) == str(loader.value)
 
 
-def test_ordered_writer_writes_and_hashes_pieces_of_any_size(tmp_path):
+@pytest.mark.parametrize("workers", [0, 3])
+def test_ordered_writer_writes_and_hashes_pieces_of_any_size(tmp_path, workers):
     gen = torch.Generator().manual_seed(0)
-    sizes = [3, BUFFER_BYTES - 1, 17, 2 * BUFFER_BYTES + 5, 0, BUFFER_BYTES, 1]
+    sizes = [3, BUFFER_BYTES - 1, 17, 2 * BUFFER_BYTES + 5, 0, BUFFER_BYTES, 1] + [BUFFER_BYTES // 2] * 9
     pieces = [torch.randint(0, 256, (n,), dtype=torch.uint8, generator=gen) for n in sizes]
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
-        writer = OrderedWriter(fd, 11)
+        seen = []
+        writer = OrderedWriter(fd, 11, workers, check=lambda piece: seen.append(piece.numel()) or piece.numel() != 17)
         for piece in pieces:
-            writer.take(piece.numel()).copy_(piece)
+            writer.put(piece.numel(), lambda out, piece=piece: out.copy_(piece))
         digest = writer.finish()
     finally:
         os.close(fd)
     expected = b"".join(p.numpy().tobytes() for p in pieces)
     assert (tmp_path / "f").read_bytes() == b"\0" * 11 + expected
     assert digest == hashlib.sha256(expected).hexdigest()
+    assert not writer.passed and seen[:3] == sizes[:3]  # every piece checked in order until one fails
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_ordered_writer_raises_what_a_fill_raised(tmp_path, workers):
+    def fail(out):
+        raise ValueError("fill failed")
+
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        writer = OrderedWriter(fd, 0, workers)
+        with pytest.raises(ValueError, match="fill failed"):
+            writer.put(5, fail)
+            writer.finish()
+        writer.abandon()
+    finally:
+        os.close(fd)
 
 
 def test_cli_merge_streams(tmp_path, monkeypatch, capsys):
