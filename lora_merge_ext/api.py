@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import concat_stream
 from .concat_stream import joined_modules, write_concat
 from .devices import resolve_device
 from .errors import LoraMergeError
@@ -66,10 +67,10 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
                   device: str = "cpu", progress=None, presets=None, report: bool | None = None, dtype: str = "fp32",
                   overwrite: bool = False, protect=()) -> tuple[SavedFile, MergeReport]:
     """merge() then save() in one step.  A concat of .safetensors files on the CPU without a report
-    is streamed into the file (see concat_stream: faster, and the result is never held in memory);
-    anything else is merged in memory, then saved.  The file is the same either way."""
+    is streamed into the file where the OS offers positioned reads and writes (see concat_stream:
+    faster, and the result is never held in memory); anything else is merged in memory, then saved.  The file is the same either way."""
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
-    if (canonical_mode(mode) == "concat" and not report and rank is None and conv_rank is None and energy is None
+    if (concat_stream.AVAILABLE and canonical_mode(mode) == "concat" and not report and rank is None and conv_rank is None and energy is None
             and resolve_device(device).type == "cpu" and all(isinstance(x, (str, os.PathLike)) for x in inputs)):
         streamed = _stream_concat(inputs, output, weights, lbw, presets, torch_dtype(dtype), overwrite, protect,
                                   progress)

@@ -30,6 +30,7 @@ from .safetensors_write import HASH_PLACEHOLDER, entries_json, header_bytes, koh
 from .workers import one_torch_thread, worker_count
 
 Metadata = Callable[[list[str]], dict[str, str]]  # the output's metadata, given the inputs' hashes
+AVAILABLE = all(hasattr(os, f) for f in ("pread", "preadv", "pwrite"))  # not on Windows: merge in memory there
 
 
 def joined_modules(loras: list[LazyLora], order: list[str], dtype: torch.dtype) -> dict[str, LazyModule]:

@@ -97,6 +97,16 @@ def test_streamed_file_is_the_same_on_any_number_of_cores(tmp_path, monkeypatch,
     assert_same_file(saved.path, expected.path)
 
 
+def test_without_positioned_io_the_concat_is_merged_in_memory(tmp_path, monkeypatch):
+    import lora_merge_ext.concat_stream as concat_stream
+    inputs, kw = _cases(tmp_path)["fp16 and bf16 in, fp16 out"]
+    expected = in_memory(inputs, tmp_path / "memory.safetensors", **kw)
+    monkeypatch.setattr(concat_stream, "AVAILABLE", False)  # Windows has no os.pread / os.pwrite
+    monkeypatch.setattr(api, "_stream_concat", None)  # and so never reaches the streamed path
+    saved, report = api.merge_to_file(inputs, tmp_path / "out.safetensors", **kw)
+    assert_same_file(saved.path, expected.path)
+
+
 def test_streamed_concat_is_the_weighted_sum(tmp_path, monkeypatch):
     small = lambda n: "layers_3_mlp_fc1" in n or "down_blocks_0_resnets_0_conv" in n or "up_blocks_3_attentions_2" in n
     inputs = [make_lora(tmp_path / "a.safetensors", "sd15_locon", rank=4, seed=1, keep=small),
