@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -86,13 +87,10 @@ class LazyLora:
             return False
 
     def close(self) -> None:
-        """Wait for the hash (it reads through the descriptor), then close the file."""
-        if self.fd < 0:
-            return
-        if self.digest is not None:
-            self.digest.hexdigest()
-        os.close(self.fd)
-        self.fd = -1
+        """Close the file (a hash under way reads through a descriptor of its own and finishes)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def open_lazy(path: str | os.PathLike) -> LazyLora | None:
@@ -118,7 +116,7 @@ def open_lazy(path: str | os.PathLike) -> LazyLora | None:
     family, modules = modules
     start, end = parsed.data_start, parsed.file_size
     lora = LazyLora(path, modules, dict(parsed.metadata), family, fd, ident)
-    lora.digest = DataDigest(lambda: _sha256_of_range(fd, start, end), ident, read_at)
+    lora.digest = DataDigest(partial(_sha256_of_file, path, ident, start, end), ident, read_at)
     return lora
 
 
@@ -168,17 +166,23 @@ def _pread_exactly(fd: int, view: memoryview, offset: int, path: str | None = No
         view, offset = view[got:], offset + got
 
 
-def _sha256_of_range(fd: int, start: int, end: int) -> str | None:
-    """sha256 of bytes start..end of the file, read in chunks; None when they cannot all be read."""
-    digest, chunk = hashlib.sha256(), bytearray(_HASH_CHUNK)
-    view = memoryview(chunk)
-    while start < end:
-        try:
-            got = os.preadv(fd, [view[:min(_HASH_CHUNK, end - start)]], start)
-        except OSError:
-            return None
-        if got <= 0:
-            return None
-        digest.update(view[:got])
-        start += got
-    return digest.hexdigest()
+def _sha256_of_file(path: str, ident: tuple, start: int, end: int) -> str | None:
+    """sha256 of bytes start..end of the file at path, read in chunks through a descriptor of its own;
+    None when that file is no longer the one opened (ident) or cannot be read to the end."""
+    digest, view = hashlib.sha256(), memoryview(bytearray(_HASH_CHUNK))
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if hash_memo.identity(os.fstat(f.fileno())) != ident:
+                return None
+            f.seek(start)
+            while start < end:
+                got = f.readinto(view[:min(_HASH_CHUNK, end - start)])
+                if not got:
+                    return None
+                digest.update(view[:got])
+                start += got
+            if hash_memo.identity(os.fstat(f.fileno())) != ident:
+                return None
+        return digest.hexdigest()
+    except OSError:
+        return None
