@@ -68,10 +68,12 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
                   overwrite: bool = False, protect=()) -> tuple[SavedFile, MergeReport]:
     """merge() then save() in one step.  A concat of .safetensors files on the CPU without a report
     is streamed into the file where the OS offers positioned reads and writes (see concat_stream:
-    faster, and the result is never held in memory); anything else is merged in memory, then saved.  The file is the same either way."""
+    faster, and the result is never held in memory); anything else is merged in memory, then saved.
+    The file is the same either way."""
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
-    if (concat_stream.AVAILABLE and canonical_mode(mode) == "concat" and not report and rank is None and conv_rank is None and energy is None
-            and resolve_device(device).type == "cpu" and all(isinstance(x, (str, os.PathLike)) for x in inputs)):
+    plain_concat = canonical_mode(mode) == "concat" and not report and (rank, conv_rank, energy) == (None,) * 3
+    if (concat_stream.AVAILABLE and plain_concat and resolve_device(device).type == "cpu"
+            and all(isinstance(x, (str, os.PathLike)) for x in inputs)):
         streamed = _stream_concat(inputs, output, weights, lbw, presets, torch_dtype(dtype), overwrite, protect,
                                   progress)
         if streamed is not None:

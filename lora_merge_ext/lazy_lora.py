@@ -155,14 +155,19 @@ def _alpha(path: str, name: str, info: TensorInfo | None, data_start: int, fd: i
 
 
 def _pread_exactly(fd: int, view: memoryview, offset: int, path: str | None = None) -> None:
-    """Fill view from the file at offset.  A short read means the file shrank while in use:
-    LoraMergeError naming path when given, else Unstreamable."""
+    """Fill view from the file at offset.  A short read (the file shrank while in use) or a read
+    error: LoraMergeError naming path when given, else Unstreamable (the ordinary merge then reads
+    the file again and reports what it finds)."""
     while view:
-        got = os.preadv(fd, [view], offset)
+        try:
+            got = os.preadv(fd, [view], offset)
+            reason = "file changed while it was being read"
+        except OSError as e:
+            got, reason = 0, f"cannot read file: {e.strerror or e}"
         if got <= 0:
             if path is not None:
-                raise LoraMergeError(f"{path}: file changed while it was being read")
-            raise Unstreamable("file changed while it was being read")
+                raise LoraMergeError(f"{path}: {reason}")
+            raise Unstreamable(reason)
         view, offset = view[got:], offset + got
 
 

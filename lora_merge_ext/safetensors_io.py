@@ -45,9 +45,9 @@ _CHUNK = 1 << 20
 # --- reading ---------------------------------------------------------------------------------
 
 class DataDigest:
-    """sha256 of a file's data section, computed on a background thread by compute(), which may give
-    None for a file it could not read (or remembered
-    from an earlier read of the same file, see hash_memo); hexdigest() waits for it."""
+    """sha256 of a file's data section, computed on a background thread by compute() (which gives
+    None for a file it could not read) or remembered from an earlier read of the same file (see
+    hash_memo); hexdigest() waits for it."""
 
     def __init__(self, compute: Callable[[], str], ident: tuple | None = None, read_at_ns: int = 0):
         self._known = hash_memo.recall(ident) if ident else None

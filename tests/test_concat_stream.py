@@ -17,7 +17,8 @@ from lora_merge_ext.loading import load_lora
 from lora_merge_ext.ordered_writer import BUFFER_BYTES, OrderedWriter
 
 SD15_FEW = lambda n: any(s in n for s in ("layers_3_mlp_fc1", "attn2_to_k", "proj_in", "conv1", "conv_shortcut"))
-SDXL_FEW = lambda n: any(s in n for s in ("attn2_to_k", "te1_text_model_encoder_layers_0_", "te2_text_model_encoder_layers_1_mlp"))
+SDXL_FEW = lambda n: any(s in n for s in ("attn2_to_k", "te1_text_model_encoder_layers_0_",
+                                          "te2_text_model_encoder_layers_1_mlp"))
 
 
 def split(path):
