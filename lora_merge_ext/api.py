@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from . import concat_stream
-from .concat_stream import joined_modules, write_concat
+from .concat_stream import write_concat
 from .devices import resolve_device
 from .errors import LoraMergeError
 from .factor_arena import ALPHA_KEY, DOWN_KEY, UP_KEY
@@ -17,7 +17,8 @@ from .lazy_lora import LazyLora, Unstreamable, open_lazy
 from .lbw import parse_lbw
 from .loading import load_lora
 from .lora_file import LoraFile
-from .merge import MergeResult, canonical_mode, check_inputs, input_lbw_specs, input_weights, join_layout, merge_loras
+from .merge import (MergeResult, canonical_mode, check_inputs, input_lbw_specs, input_weights, join_layout,
+                    joined_modules, merge_loras)
 from .merge_report import MergeReport
 from .output_metadata import output_metadata
 from .realize import realize_lora
@@ -94,6 +95,8 @@ def _stream_concat(inputs, output, weights, lbw, presets, dtype, overwrite, prot
             loras.append(lora)
         names = component_names(loras)
         plan = check_inputs(loras, names, "concat", weights, lbw, None, None, None, presets)
+        for lora in loras:
+            lora.start_hash()  # beside the merge; not for inputs refused above
         result = LoraFile(joined_modules(loras, plan.order, dtype), join_layout(names, loras), plan.family)
 
         def metadata(hashes: list[str]) -> dict[str, str]:

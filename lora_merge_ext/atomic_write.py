@@ -75,15 +75,18 @@ def _create_temp(folder: Path) -> tuple[int, Path]:
     raise OSError(errno.EEXIST, "could not create a temporary file", str(folder))
 
 
-def write_all(fd: int, data) -> None:
-    """Write a buffer, or a list of buffers one after the other."""
+def write_all(fd: int, data, offset: int | None = None) -> None:
+    """Write a buffer, or a list of buffers one after the other, at the file position (or at offset,
+    with positioned writes that leave the position alone)."""
     for part in (data if isinstance(data, (list, tuple)) else [data]):
         view = memoryview(part)
         while view:
-            written = os.write(fd, view[: 1 << 26])
+            chunk = view[: 1 << 26]
+            written = os.write(fd, chunk) if offset is None else os.pwrite(fd, chunk, offset)
             if written <= 0:
                 raise OSError(errno.EIO, "write returned no progress")
             view = view[written:]
+            offset = None if offset is None else offset + written
 
 
 def _flush_to_disk(fd: int) -> None:

@@ -17,32 +17,20 @@ from typing import Callable, Iterable
 
 import torch
 
-from .atomic_write import write_file_atomic
-from .factor_arena import ALPHA_DTYPE, ALPHA_KEY, DOWN_KEY, UP_KEY
+from .atomic_write import write_all, write_file_atomic
+from .factor_arena import data_layout
 from .factor_math import concat_parts
 from .finite_check import block_is_finite
-from .lazy_lora import FactorSource, LazyLora, LazyModule, Unstreamable
+from .lazy_lora import LazyLora, LazyModule, Unstreamable
 from .lora_file import LoraFile
 from .merge import MergePlan
 from .merge_report import MergeReport, ReportRow
 from .ordered_writer import BUFFER_BYTES, OrderedWriter
-from .safetensors_write import HASH_PLACEHOLDER, entries_json, header_bytes, kohya_legacy_hash, write_position
+from .safetensors_write import HASH_PLACEHOLDER, entries_json, header_bytes, kohya_legacy_hash
 from .workers import one_torch_thread, worker_count
 
 Metadata = Callable[[list[str]], dict[str, str]]  # the output's metadata, given the inputs' hashes
 AVAILABLE = all(hasattr(os, f) for f in ("pread", "preadv", "pwrite"))  # not on Windows: merge in memory there
-
-
-def joined_modules(loras: list[LazyLora], order: list[str], dtype: torch.dtype) -> dict[str, LazyModule]:
-    """The modules of the joined file: ranks added up, shaped like the first input's, alpha = rank."""
-    out = {}
-    for name in order:
-        mods = [lora.modules[name] for lora in loras if name in lora.modules]
-        first, r = mods[0], sum(m.rank for m in mods)
-        down = (r, *first.down.shape[1:])
-        up = (first.out_features, r, 1, 1) if first.is_conv else (first.out_features, r)
-        out[name] = LazyModule(name, FactorSource(dtype, down), FactorSource(dtype, up), float(r))
-    return out
 
 
 def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metadata: Metadata,
@@ -52,7 +40,7 @@ def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metad
     atomically; returns (sshs_model_hash, report).  Raises Unstreamable when an input turns out to
     hold NaN or Inf or changes meanwhile (nothing is written then)."""
     entries = _entries(result)
-    table = entries_json([(key, dtype, shape) for key, dtype, shape, _, _ in entries])
+    table = entries_json([(key, dtype, shape) for key, _, _, shape, dtype in entries])
     meta = metadata([HASH_PLACEHOLDER] * len(loras))
     meta.update(sshs_legacy_hash="0" * 8, sshs_model_hash=HASH_PLACEHOLDER)
     head_length = len(header_bytes(table, meta))
@@ -81,7 +69,7 @@ def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metad
         head = header_bytes(table, final)
         if len(head) != head_length:
             raise RuntimeError("the header changed length while the file was written")
-        os.pwrite(fd, head, 0)
+        write_all(fd, head, 0)
         meta.update(final)
 
     write_file_atomic(path, fill, overwrite=overwrite, protect=protect)
@@ -90,15 +78,10 @@ def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metad
     return meta["sshs_model_hash"], report
 
 
-def _entries(result: LoraFile) -> list[tuple[str, torch.dtype, tuple[int, ...], str, int]]:
-    """(key, dtype, shape, module, role) of every tensor in file order; role 0 alpha, 1 down, 2 up."""
-    entries = []
-    for name, m in result.modules.items():
-        entries += [(ALPHA_KEY.format(name), ALPHA_DTYPE, (), name, 0),
-                    (DOWN_KEY.format(name), m.down.dtype, m.down.shape, name, 1),
-                    (UP_KEY.format(name), m.up.dtype, m.up.shape, name, 2)]
-    entries.sort(key=lambda e: write_position(e[0], e[1]))
-    return entries
+def _entries(result: LoraFile) -> list[tuple[str, str, str, tuple[int, ...], torch.dtype]]:
+    """(key, module, role, shape, dtype) of every tensor in file order (see factor_arena.data_layout)."""
+    dtype = next(iter(result.modules.values())).down.dtype
+    return data_layout({name: (m.up.shape, m.down.shape) for name, m in result.modules.items()}, dtype)
 
 
 def _write_pieces(writer: OrderedWriter, entries, loras: list[LazyLora], plan: MergePlan,
@@ -110,7 +93,7 @@ def _write_pieces(writer: OrderedWriter, entries, loras: list[LazyLora], plan: M
     for item in _items(entries):
         if piece and size + item[0] > BUFFER_BYTES:
             writer.put(size, partial(_fill_piece, piece, loras, plan, alphas, scratch))
-            done += sum(1 for _, _, role, *_ in piece if role == 1)
+            done += sum(1 for _, _, role, *_ in piece if role == "down")
             if progress:
                 progress(done, total, piece[-1][1])
             piece, size = [], 0
@@ -123,16 +106,17 @@ def _write_pieces(writer: OrderedWriter, entries, loras: list[LazyLora], plan: M
 
 
 def _items(entries) -> list[tuple]:
-    """(bytes, module, role, dtype, shapes): an alpha (role 0), or a module's down and up together
-    (role 1; they lie next to each other in the file, down first)."""
+    """(bytes, module, role, dtype, shapes): an alpha, or a module's down and up together (role
+    "down"; they lie next to each other in the file, down first, shapes (down, up))."""
     items = []
-    for i, (_key, dtype, shape, name, role) in enumerate(entries):
-        if role == 0:
-            items.append((dtype.itemsize, name, 0, dtype, ()))
-        elif role == 1:
-            up_shape = entries[i + 1][2]
-            assert entries[i + 1][3:] == (name, 2), "a module's up follows its down in the file"
-            items.append(((math.prod(shape) + math.prod(up_shape)) * dtype.itemsize, name, 1, dtype, (shape, up_shape)))
+    for i, (_key, name, role, shape, dtype) in enumerate(entries):
+        if role == "alpha":
+            items.append((dtype.itemsize, name, role, dtype, ()))
+        elif role == "down":
+            up_shape = entries[i + 1][3]
+            assert entries[i + 1][1:3] == (name, "up"), "a module's up follows its down in the file"
+            items.append(((math.prod(shape) + math.prod(up_shape)) * dtype.itemsize, name, role, dtype,
+                          (shape, up_shape)))
     return items
 
 
@@ -143,7 +127,7 @@ def _fill_piece(piece, loras: list[LazyLora], plan: MergePlan, alphas: dict[str,
     for nbytes, name, role, dtype, shapes in piece:
         block = out[at:at + nbytes]
         at += nbytes
-        if role == 0:
+        if role == "alpha":
             block.view(dtype).fill_(alphas[name])
             continue
         down_shape, up_shape = shapes

@@ -23,26 +23,36 @@ ALPHA_DTYPE = torch.float32  # as api.state_dict saves alphas
 _SMALL_VIEW = 64  # bytes: a piece this small may be a copy of the arena's bytes (an alpha), compared by value
 
 
+def data_layout(shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]], dtype: torch.dtype
+                ) -> list[tuple[str, str, str, tuple[int, ...], torch.dtype]]:
+    """(key, module, role, shape, dtype) of every tensor of a LoRA file whose modules have these
+    (up, down) shapes, in the order of its data section; role is "alpha", "down" or "up".  Factors
+    are in dtype, alphas in float32."""
+    entries = []
+    for name, (up, down) in shapes.items():
+        entries += [(ALPHA_KEY.format(name), name, "alpha", (), ALPHA_DTYPE),
+                    (DOWN_KEY.format(name), name, "down", tuple(down), dtype),
+                    (UP_KEY.format(name), name, "up", tuple(up), dtype)]
+    entries.sort(key=lambda e: write_position(e[0], e[4]))
+    return entries
+
+
 class FactorArena:
     """Views (up (out, r), down (r, k)) of dtype for each module, and its alpha (float32, set at once),
     back to back in file order; mark_filled(name) when a module's factors are written."""
 
     def __init__(self, shapes: dict[str, tuple[tuple[int, int], tuple[int, int]]], dtype: torch.dtype,
                  alphas: dict[str, float]):
-        entries = []
-        for name, (up, down) in shapes.items():
-            entries += [(ALPHA_KEY.format(name), name, 2, (), ALPHA_DTYPE),
-                        (DOWN_KEY.format(name), name, 1, down, dtype), (UP_KEY.format(name), name, 0, up, dtype)]
-        entries.sort(key=lambda e: write_position(e[0], e[4]))
+        entries = data_layout(shapes, dtype)
         self.buffer = byte_buffer(sum(math.prod(e[3]) * e[4].itemsize for e in entries))
-        self._factors: dict[str, list] = {name: [None, None] for name in shapes}
+        self._factors: dict[str, dict[str, torch.Tensor]] = {name: {} for name in shapes}
         self._ends: dict[str, int] = {}
         at = 0
         for _key, name, role, shape, dt in entries:
             nbytes = math.prod(shape) * dt.itemsize
             view = self.buffer[at:at + nbytes].view(dt).reshape(shape)
             at += nbytes
-            if role == 2:
+            if role == "alpha":
                 view.fill_(alphas[name])
             else:
                 self._factors[name][role] = view
@@ -55,8 +65,7 @@ class FactorArena:
 
     def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(up, down) to fill for module name."""
-        up, down = self._factors[name]
-        return up, down
+        return self._factors[name]["up"], self._factors[name]["down"]
 
     def fill_order(self) -> list[str]:
         """Module names in the order their bytes lie in the file (fill them in this order)."""

@@ -7,7 +7,6 @@ describe this way (not safetensors, Tucker, other dtypes) gives None: load it wh
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
@@ -24,10 +23,9 @@ from .family import detect_family
 from .loading import alpha_value, check_factor_shapes, group_keys, kohya_name
 from .lora_file import FactorShapes
 from .safetensors_header import TensorInfo, open_input_file, parse_header
-from .safetensors_io import TORCH_DTYPES, DataDigest
+from .safetensors_io import TORCH_DTYPES, DataDigest, sha256_of_range
 
 FACTOR_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_HASH_CHUNK = 1 << 22
 
 
 class Unstreamable(Exception):
@@ -59,17 +57,25 @@ class LazyModule(FactorShapes):
 
 @dataclass
 class LazyLora:
-    """A LoRA file held open: its modules, metadata, family, and its addnet hash under way."""
+    """A LoRA file held open: its modules, metadata, family, identity (hash_memo.identity, taken at
+    read_at_ns) and where its data section lies."""
     path: str
     modules: dict[str, LazyModule]
     metadata: dict[str, str]
     family: str
     fd: int
     ident: tuple
+    read_at_ns: int
+    data_range: tuple[int, int]
     digest: DataDigest | None = None
 
+    def start_hash(self) -> None:
+        """Start computing the addnet hash on a thread of its own (unless it is remembered)."""
+        self.digest = DataDigest(partial(_sha256_of_file, self.path, self.ident, *self.data_range), self.ident,
+                                 self.read_at_ns)
+
     def file_hash(self) -> str | None:
-        """The addnet hash of the file (None when it could not be read to the end)."""
+        """The addnet hash of the file (None when it could not be read to the end); start_hash first."""
         return self.digest.hexdigest()
 
     def read_into(self, factor: FactorSource, out: torch.Tensor) -> torch.Tensor:
@@ -94,9 +100,8 @@ class LazyLora:
 
 
 def open_lazy(path: str | os.PathLike) -> LazyLora | None:
-    """Open a .safetensors LoRA as a LazyLora (start hashing its data section unless the hash is
-    remembered), raising LoraMergeError as load_lora does for a bad header or shapes; None when
-    the file needs load_lora."""
+    """Open a .safetensors LoRA as a LazyLora, raising LoraMergeError as load_lora does for a bad
+    header or shapes; None when the file needs load_lora."""
     path = os.fspath(path)
     if sys.byteorder != "little" or Path(path).suffix.lower() != ".safetensors":
         return None
@@ -114,10 +119,8 @@ def open_lazy(path: str | os.PathLike) -> LazyLora | None:
         os.close(fd)
         return None
     family, modules = modules
-    start, end = parsed.data_start, parsed.file_size
-    lora = LazyLora(path, modules, dict(parsed.metadata), family, fd, ident)
-    lora.digest = DataDigest(partial(_sha256_of_file, path, ident, start, end), ident, read_at)
-    return lora
+    return LazyLora(path, modules, dict(parsed.metadata), family, fd, ident, read_at,
+                    (parsed.data_start, parsed.file_size))
 
 
 def _modules(path: str, parsed, fd: int) -> tuple[str, dict[str, LazyModule]] | None:
@@ -172,22 +175,13 @@ def _pread_exactly(fd: int, view: memoryview, offset: int, path: str | None = No
 
 
 def _sha256_of_file(path: str, ident: tuple, start: int, end: int) -> str | None:
-    """sha256 of bytes start..end of the file at path, read in chunks through a descriptor of its own;
-    None when that file is no longer the one opened (ident) or cannot be read to the end."""
-    digest, view = hashlib.sha256(), memoryview(bytearray(_HASH_CHUNK))
+    """sha256 of bytes start..end of the file at path, read through a descriptor of its own; None
+    when that file is not (or no longer) the one opened (ident), or cannot be read."""
     try:
         with open(path, "rb", buffering=0) as f:
             if hash_memo.identity(os.fstat(f.fileno())) != ident:
                 return None
-            f.seek(start)
-            while start < end:
-                got = f.readinto(view[:min(_HASH_CHUNK, end - start)])
-                if not got:
-                    return None
-                digest.update(view[:got])
-                start += got
-            if hash_memo.identity(os.fstat(f.fileno())) != ident:
-                return None
-        return digest.hexdigest()
+            hexdigest = sha256_of_range(f, start, end)
+            return hexdigest if hash_memo.identity(os.fstat(f.fileno())) == ident else None
     except OSError:
         return None

@@ -13,6 +13,7 @@ from .factor_arena import FactorArena
 from .factor_math import add_parts, concat_parts, relative_error, stacked, svd_parts
 from .family import LABELS
 from .layout import METADATA_KEY, JoinLayout
+from .lazy_lora import FactorSource, LazyModule
 from .lbw import lbw_factor, parse_lbw
 from .lora_file import LoraFile, LoraModule
 from .merge_report import MergeReport, ReportRow
@@ -135,16 +136,25 @@ def join_layout(names: list[str], loras: list) -> dict[str, str]:
     return {METADATA_KEY: layout.to_metadata()}
 
 
-def _concat_arena(order: list[str], loras: list[LoraFile], dtype: torch.dtype) -> FactorArena:
-    """Room for the joined factors of every module and their alphas (the joined rank), in the order
-    the saved file holds them."""
-    shapes, alphas = {}, {}
+def joined_modules(loras: list, order: list[str], dtype: torch.dtype) -> dict[str, LazyModule]:
+    """The shapes of a concat's modules (LoraFiles or LazyLoras in): ranks added up, shaped like
+    the first input's module, alpha = rank, factors in dtype."""
+    out = {}
     for name in order:
         mods = [lora.modules[name] for lora in loras if name in lora.modules]
-        r = sum(m.rank for m in mods)
-        shapes[name] = ((mods[0].out_features, r), (r, mods[0].flat_in))
-        alphas[name] = float(r)
-    return FactorArena(shapes, dtype, alphas)
+        first, r = mods[0], sum(m.rank for m in mods)
+        down = (r, *first.down.shape[1:])
+        up = (first.out_features, r, 1, 1) if first.is_conv else (first.out_features, r)
+        out[name] = LazyModule(name, FactorSource(dtype, down), FactorSource(dtype, up), float(r))
+    return out
+
+
+def _concat_arena(order: list[str], loras: list[LoraFile], dtype: torch.dtype) -> FactorArena:
+    """Room for the joined factors of every module (as matrices) and their alphas, in the order the
+    saved file holds them."""
+    joined = joined_modules(loras, order, dtype)
+    return FactorArena({name: ((m.out_features, m.rank), (m.rank, m.flat_in)) for name, m in joined.items()},
+                       dtype, {name: m.alpha for name, m in joined.items()})
 
 
 def _add(present, parts, weights, factors, name):

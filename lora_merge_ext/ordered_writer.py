@@ -6,9 +6,7 @@ stay in the cache and are reused, so the only new memory is the page cache the f
 """
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import queue
 import threading
 from collections import deque
@@ -17,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from .atomic_write import write_all
 from .workers import one_thread_initializer
 
 BUFFER_BYTES = 4 << 20
@@ -84,12 +83,7 @@ class OrderedWriter:
         if future is not None:
             future.result()
         self._pending.popleft()
-        data, at = memoryview(buffer.numpy())[:used], self._at
-        while data:
-            n = os.pwrite(self._fd, data, at)
-            if n <= 0:
-                raise OSError(errno.EIO, "write returned no progress")
-            data, at = data[n:], at + n
+        write_all(self._fd, memoryview(buffer.numpy())[:used], self._at)
         self._at += used
         self._written.put((buffer, used))
 

@@ -210,6 +210,20 @@ def read_state_dict(path: os.PathLike | str) -> tuple[dict[str, torch.Tensor], d
 
 # --- hashes ----------------------------------------------------------------------------------
 
+def sha256_of_range(f, start: int, end: int | None = None) -> str:
+    """sha256 hex of bytes start..end (None: to the end of the file) of an open binary file, read in
+    chunks into one reused buffer; a file that ends early is hashed as far as it goes.  Raises OSError."""
+    digest, view = hashlib.sha256(), memoryview(bytearray(_CHUNK))
+    f.seek(start)
+    while end is None or start < end:
+        got = f.readinto(view if end is None else view[:min(_CHUNK, end - start)])
+        if not got:
+            break
+        digest.update(view[:got])
+        start += got
+    return digest.hexdigest()
+
+
 def tensor_data_sha256(path: os.PathLike | str) -> str:
     """sha256 hex of the bytes after the safetensors header: the "addnet" hash that A1111 shows for
     LoRA files and kohya stores as sshs_model_hash."""
@@ -220,16 +234,13 @@ def tensor_data_sha256(path: os.PathLike | str) -> str:
         if known is not None:
             return known
         n = read_header_length(f, size, path)
-        digest = hashlib.sha256()
         try:
-            f.seek(8 + n)
-            for chunk in iter(lambda: f.read(_CHUNK), b""):
-                digest.update(chunk)
+            hexdigest = sha256_of_range(f, 8 + n)
         except OSError as e:
             raise fail(path, f"cannot read file: {e.strerror or e}") from None
         if _identity(f, path) == before:
-            hash_memo.remember(before, digest.hexdigest(), read_at)
-    return digest.hexdigest()
+            hash_memo.remember(before, hexdigest, read_at)
+    return hexdigest
 
 
 def a1111_hash(path: os.PathLike | str) -> str:
@@ -238,11 +249,8 @@ def a1111_hash(path: os.PathLike | str) -> str:
     if Path(path).suffix.lower() == ".safetensors":
         return tensor_data_sha256(path)
     f, _ = open_input_file(path)
-    digest = hashlib.sha256()
     with f:
         try:
-            for chunk in iter(lambda: f.read(_CHUNK), b""):
-                digest.update(chunk)
+            return sha256_of_range(f, 0)
         except OSError as e:
             raise fail(path, f"cannot read file: {e.strerror or e}") from None
-    return digest.hexdigest()
