@@ -67,16 +67,16 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
                   rank: int | None = None, conv_rank: int | None = None, energy: float | None = None,
                   device: str = "cpu", progress=None, presets=None, report: bool | None = None, dtype: str = "fp32",
                   overwrite: bool = False, protect=()) -> tuple[SavedFile, MergeReport]:
-    """merge() then save() in one step.  A concat of .safetensors files on the CPU without a report
-    is streamed into the file where the OS offers positioned reads and writes (see concat_stream:
-    faster, and the result is never held in memory); anything else is merged in memory, then saved.
-    The file is the same either way."""
+    """merge() then save() in one step.  A concat of .safetensors files on the CPU is streamed into
+    the file where the OS offers positioned reads and writes (see concat_stream: faster, and the
+    result is never held in memory); anything else is merged in memory, then saved.  The file and
+    the report are the same either way."""
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
-    plain_concat = canonical_mode(mode) == "concat" and not report and (rank, conv_rank, energy) == (None,) * 3
+    plain_concat = canonical_mode(mode) == "concat" and (rank, conv_rank, energy) == (None,) * 3
     if (concat_stream.AVAILABLE and plain_concat and resolve_device(device).type == "cpu"
             and all(isinstance(x, (str, os.PathLike)) for x in inputs)):
         streamed = _stream_concat(inputs, output, weights, lbw, presets, torch_dtype(dtype), overwrite, protect,
-                                  progress)
+                                  progress, bool(report))
         if streamed is not None:
             return streamed
     result = merge(inputs, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank, energy=energy,
@@ -84,7 +84,7 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
     return save(result.lora, output, dtype=dtype, overwrite=overwrite, protect=protect), result.report
 
 
-def _stream_concat(inputs, output, weights, lbw, presets, dtype, overwrite, protect, progress):
+def _stream_concat(inputs, output, weights, lbw, presets, dtype, overwrite, protect, progress, report):
     """write_concat when every input can be streamed; None when one cannot (merge it in memory)."""
     loras: list[LazyLora] = []
     try:
@@ -103,7 +103,7 @@ def _stream_concat(inputs, output, weights, lbw, presets, dtype, overwrite, prot
             return output_metadata(result, loras, _provenance("concat", names, loras, hashes, weights, lbw))
 
         digest, report = write_concat(loras, plan, result, metadata, output, overwrite=overwrite, protect=protect,
-                                      progress=progress)
+                                      progress=progress, report=report)
     except Unstreamable:
         return None
     finally:

@@ -37,6 +37,18 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
+def check_name_length(path: Path) -> None:
+    """Refuse a name longer than its folder allows (the nearest existing folder, for one still to be
+    created): the file system would refuse it only when it is written, with a less helpful error."""
+    folder = path.parent
+    while not os.path.isdir(folder) and folder.parent != folder:
+        folder = folder.parent
+    name_bytes, name_max = len(os.fsencode(path.name)), _name_max(folder)
+    if name_bytes > name_max:
+        raise LoraMergeError(f"{show(path, 400)}: file name is {name_bytes} bytes, longer than the {name_max} "
+                             "this folder allows")
+
+
 def check_target(path: os.PathLike | str, *, overwrite: bool = False, protect: Iterable = ()) -> Path:
     """Refuse a target path that must not be written; returns it as a Path."""
     target = Path(path)
@@ -44,9 +56,7 @@ def check_target(path: os.PathLike | str, *, overwrite: bool = False, protect: I
     folder = target.parent
     if target.name in ("", ".", ".."):
         raise LoraMergeError(f"{where}: not a file name")
-    name_bytes, name_max = len(os.fsencode(target.name)), _name_max(folder)
-    if name_bytes > name_max:
-        raise LoraMergeError(f"{where}: file name is {name_bytes} bytes, longer than the {name_max} this folder allows")
+    check_name_length(target)
     try:
         for guarded in protect:
             if _same_file(target, Path(guarded)):

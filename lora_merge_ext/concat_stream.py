@@ -5,7 +5,8 @@ The header is laid out first (every shape of a concat is known from the inputs' 
 it carries have a fixed length and are filled in at the end).  Then, in file order, each input
 factor is read into a small buffer (lazy_lora), each joined module is computed by
 factor_math.concat_parts, as merge() computes it, into an OrderedWriter buffer, and written and
-hashed in order.  The file is byte for byte what merge() then save() write.
+hashed in order.  The file is byte for byte what merge() then save() write, and the report (when
+asked for) holds the same per-module round-off that merge() measures.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 
 from .atomic_write import write_all, write_file_atomic
 from .factor_arena import data_layout
-from .factor_math import concat_parts
+from .factor_math import concat_parts, relative_error
 from .finite_check import block_is_finite
 from .lazy_lora import LazyLora, LazyModule, Unstreamable
 from .lora_file import LoraFile
@@ -35,24 +36,28 @@ AVAILABLE = all(hasattr(os, f) for f in ("pread", "preadv", "pwrite"))  # not on
 
 def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metadata: Metadata,
                  path: str | os.PathLike, *, overwrite: bool = False, protect: Iterable = (),
-                 progress: Callable[[int, int, str], None] | None = None) -> tuple[str, MergeReport]:
+                 progress: Callable[[int, int, str], None] | None = None,
+                 report: bool = False) -> tuple[str, MergeReport]:
     """Write the concat of loras (result: its joined_modules, family and join layout) to path
-    atomically; returns (sshs_model_hash, report).  Raises Unstreamable when an input turns out to
-    hold NaN or Inf or changes meanwhile (nothing is written then)."""
+    atomically; returns (sshs_model_hash, report).  report: measure each module's ‖ΔW_out − T‖/‖T‖
+    (the round-off of the output dtype), as merge(report=True) does.  Raises Unstreamable when an
+    input turns out to hold NaN or Inf or changes meanwhile (nothing is written then)."""
     entries = _entries(result)
     table = entries_json([(key, dtype, shape) for key, _, _, shape, dtype in entries])
     meta = metadata([HASH_PLACEHOLDER] * len(loras))
     meta.update(sshs_legacy_hash="0" * 8, sshs_model_hash=HASH_PLACEHOLDER)
     head_length = len(header_bytes(table, meta))
+    errors: dict[str, float] | None = {} if report else None
 
     def fill(fd: int) -> None:
-        # on two cores the hash has one and the merge the other; each further core is a worker
-        workers = worker_count() - 1 if worker_count() > 2 else 0
+        # on two cores the hash has one and the merge the other; each further core is a worker.  A
+        # report costs far more than the rest (Gram matrices per module): it takes every core.
+        workers = worker_count() if report else worker_count() - 1 if worker_count() > 2 else 0
         writer = OrderedWriter(fd, head_length, workers, FiniteCheck(result.modules))
         try:
             with one_torch_thread():  # small ops, while the hashes run on other cores
                 _write_pieces(writer, entries, loras, plan, {n: m.alpha for n, m in result.modules.items()},
-                              progress)
+                              progress, errors)
             digest = writer.finish()
         except BaseException:
             writer.abandon()
@@ -73,9 +78,8 @@ def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metad
         meta.update(final)
 
     write_file_atomic(path, fill, overwrite=overwrite, protect=protect)
-    report = MergeReport("concat", measured=False,
-                         rows=[ReportRow(name, m.rank, None) for name, m in result.modules.items()])
-    return meta["sshs_model_hash"], report
+    rows = [ReportRow(name, m.rank, errors[name] if report else None) for name, m in result.modules.items()]
+    return meta["sshs_model_hash"], MergeReport("concat", measured=report, rows=rows)
 
 
 def _entries(result: LoraFile) -> list[tuple[str, str, str, tuple[int, ...], torch.dtype]]:
@@ -85,14 +89,14 @@ def _entries(result: LoraFile) -> list[tuple[str, str, str, tuple[int, ...], tor
 
 
 def _write_pieces(writer: OrderedWriter, entries, loras: list[LazyLora], plan: MergePlan,
-                  alphas: dict[str, float], progress) -> None:
+                  alphas: dict[str, float], progress, errors: dict[str, float] | None) -> None:
     """Hand the writer the data section in pieces of whole modules, each at most one buffer (or one
     module); report progress as pieces are handed over."""
     scratch = threading.local()
     total, done, piece, size = len(plan.order), 0, [], 0
     for item in _items(entries):
         if piece and size + item[0] > BUFFER_BYTES:
-            writer.put(size, partial(_fill_piece, piece, loras, plan, alphas, scratch))
+            writer.put(size, partial(_fill_piece, piece, loras, plan, alphas, scratch, errors))
             done += sum(1 for _, _, role, *_ in piece if role == "down")
             if progress:
                 progress(done, total, piece[-1][1])
@@ -100,7 +104,7 @@ def _write_pieces(writer: OrderedWriter, entries, loras: list[LazyLora], plan: M
         piece.append(item)
         size += item[0]
     if piece:
-        writer.put(size, partial(_fill_piece, piece, loras, plan, alphas, scratch))
+        writer.put(size, partial(_fill_piece, piece, loras, plan, alphas, scratch, errors))
         if progress:
             progress(total, total, piece[-1][1])
 
@@ -121,8 +125,9 @@ def _items(entries) -> list[tuple]:
 
 
 def _fill_piece(piece, loras: list[LazyLora], plan: MergePlan, alphas: dict[str, float],
-                scratch: threading.local, out: torch.Tensor) -> None:
-    """Compute the items of a piece into out (uint8, their size)."""
+                scratch: threading.local, errors: dict[str, float] | None, out: torch.Tensor) -> None:
+    """Compute the items of a piece into out (uint8, their size); with errors, measure each module's
+    round-off into it."""
     at = 0
     for nbytes, name, role, dtype, shapes in piece:
         block = out[at:at + nbytes]
@@ -137,8 +142,10 @@ def _fill_piece(piece, loras: list[LazyLora], plan: MergePlan, alphas: dict[str,
         if getattr(scratch, "buffer", None) is None or scratch.buffer.numel() < need:
             scratch.buffer = torch.empty(need, dtype=torch.uint8)
         parts = _read_parts(loras, plan, name, present, scratch.buffer)
-        concat_parts(parts, dtype, (block[down_bytes:].view(dtype).reshape(up_shape[0], -1),
-                                    block[:down_bytes].view(dtype).reshape(down_shape[0], -1)))
+        up, down = concat_parts(parts, dtype, (block[down_bytes:].view(dtype).reshape(up_shape[0], -1),
+                                               block[:down_bytes].view(dtype).reshape(down_shape[0], -1)))
+        if errors is not None:
+            errors[name] = relative_error(parts, [(up, down, 1.0)])  # the joined alpha is its rank
 
 
 def _read_parts(loras: list[LazyLora], plan: MergePlan, name: str, present, scratch: torch.Tensor) -> list:

@@ -108,6 +108,20 @@ def test_without_positioned_io_the_concat_is_merged_in_memory(tmp_path, monkeypa
     assert_same_file(saved.path, expected.path)
 
 
+@pytest.mark.parametrize("case", ["fp16 and bf16 in, fp16 out", "partial overlap, no alpha, three inputs, lbw"])
+def test_streamed_report_is_the_in_memory_report(tmp_path, monkeypatch, case):
+    inputs, kw = _cases(tmp_path)[case]
+    want = api.merge(inputs, report=True, **kw).report
+    expected = in_memory(inputs, tmp_path / "memory.safetensors", **kw)
+    no_in_memory_merge(monkeypatch)
+    saved, got = api.merge_to_file(inputs, tmp_path / "streamed.safetensors", report=True, **kw)
+    assert_same_file(saved.path, expected.path)  # measuring changes nothing in the file
+    assert got.measured and [(r.module, r.rank) for r in got.rows] == [(r.module, r.rank) for r in want.rows]
+    for g, w in zip(got.rows, want.rows):
+        assert g.error == pytest.approx(w.error, rel=1e-9, abs=1e-15), g.module
+    assert 0.0 < got.summary()["max_error"] < 1e-2  # half-precision round-off, not zero and not more
+
+
 def test_streamed_concat_is_the_weighted_sum(tmp_path, monkeypatch):
     small = lambda n: "layers_3_mlp_fc1" in n or "down_blocks_0_resnets_0_conv" in n or "up_blocks_3_attentions_2" in n
     inputs = [make_lora(tmp_path / "a.safetensors", "sd15_locon", rank=4, seed=1, keep=small),

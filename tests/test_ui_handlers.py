@@ -60,6 +60,23 @@ def test_concat_merge_writes_the_weighted_sum_into_the_lora_folder(service, lora
     assert "mix.safetensors" in service.library.labels()  # the list is rescanned after a write
 
 
+def test_concat_is_streamed_and_reports_its_round_off(service, lora_dir, monkeypatch):
+    from lora_merge_ext import api
+
+    def refuse(*a, **k):
+        raise AssertionError("the joined LoRA was built in memory")
+    monkeypatch.setattr(api, "merge", refuse)  # the tab's concat goes straight into its file
+    out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1.0, 0.3], name="half",
+                                     dtype="fp16"))
+    assert out.ranks == (8,) and out.modules == 8 and [c.name for c in out.layout.components] == ["a", "b"]
+    assert out.report.measured and [r.module for r in out.report.rows] == sorted(deltas(out.path))
+    da, db, dm = deltas(lora_dir / "a.safetensors"), deltas(lora_dir / "b.safetensors"), deltas(out.path)
+    for row in out.report.rows:  # what the report says is the round-off of the saved half-precision file
+        want = (da[row.module] + 0.3 * db[row.module]).double()
+        assert row.error == pytest.approx(float((dm[row.module].double() - want).norm() / want.norm()), rel=1e-3)
+        assert 0.0 < row.error < 1e-3
+
+
 def test_svd_merge_respects_the_rank_and_reports_every_module(service):
     out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], mode="svd", rank=3, name="s3"))
     assert out.ranks == (3,) and out.mode == "svd"
@@ -142,6 +159,37 @@ def test_a_failed_save_leaves_no_new_folder_behind(tmp_path, lora_dir):
     with pytest.raises(LoraMergeError, match="longer than"):
         s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="n" * 300))
     assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_save_keeps_a_new_folder_another_merge_is_writing_into(service, lora_dir):
+    """Merge B is still computing into the new sub-folder "shared" (its file not begun yet) when
+    merge A into the same folder fails: the folder stays, and B's file lands in it."""
+    started, release, results = threading.Event(), threading.Event(), {}
+
+    def slow(done, total, module):
+        started.set()
+        release.wait(30)
+
+    def merge_b():
+        try:
+            results["b"] = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], mode="svd", rank=2,
+                                                      name="b", subfolder="shared"), progress=slow)
+        except Exception as exc:  # pragma: no cover - reported below
+            results["b"] = exc
+
+    worker = threading.Thread(target=merge_b)
+    worker.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(LoraMergeError, match="longer than"):
+            service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="n" * 300,
+                                       subfolder="shared"))
+        assert (lora_dir / "shared").is_dir()
+    finally:
+        release.set()
+        worker.join(60)
+    assert not isinstance(results["b"], Exception), results["b"]
+    assert results["b"].path == (lora_dir / "shared" / "b.safetensors").resolve() and results["b"].path.is_file()
 
 
 def test_an_existing_file_is_replaced_only_with_overwrite(service, lora_dir):

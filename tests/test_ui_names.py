@@ -96,3 +96,14 @@ def test_an_input_is_never_the_output_even_with_overwrite(tmp_path):
         pytest.skip("hard links not available")
     with pytest.raises(LoraMergeError, match="one of the inputs"):
         output_path(tmp_path, "b", "sub", overwrite=True, inputs=[Path(src)])
+
+
+@pytest.mark.parametrize("subfolder_exists", [False, True])
+def test_names_too_long_for_the_folder_are_refused_in_one_line(tmp_path, subfolder_exists):
+    if subfolder_exists:
+        (tmp_path / "sub").mkdir()
+    with pytest.raises(LoraMergeError, match=r"file name is 312 bytes, longer than the \d+ this folder allows"):
+        output_path(tmp_path, "n" * 300, "sub")
+    with pytest.raises(LoraMergeError, match=r"file name is 300 bytes, longer than"):
+        output_path(tmp_path, "x", "s" * 300)
+    assert sorted(os.listdir(tmp_path)) == (["sub"] if subfolder_exists else [])

@@ -2,15 +2,17 @@
 
 `MergeService` holds the Lora folders and the host hooks: `serialize` wraps the heavy part (the
 WebUI passes its queue lock, so a merge never runs beside a generation) and `on_written` is called
-with each new file (the WebUI rescans its Lora list).  Merges run in the caller's thread; saves to
-the same path are serialised, and a file is never written without the overwrite rule being
-checked at that moment, so two merges started at once cannot corrupt each other's output.
+with each new file (the WebUI rescans its Lora list).  Merges run in the caller's thread (a concat
+is streamed into its file, so the joined LoRA is never held in the WebUI's memory); writes to the
+same path are serialised, and a file is never written without the overwrite rule being checked at
+that moment, so two merges started at once cannot corrupt each other's output.
 """
 from __future__ import annotations
 
 import math
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,12 +21,14 @@ from .. import api
 from ..errors import LoraMergeError
 from ..family import LABELS
 from ..layout import JoinLayout, layout_of
+from ..lazy_lora import open_lazy
 from ..loading import load_lora
 from ..merge import canonical_mode
 from ..merge_report import MergeReport
 from . import names
 from .input_info import InputInfo, check_families, describe, size_text
 from .library import LoraLibrary
+from .output_folders import folder_for_write
 
 MIN_INPUTS = 2
 DTYPES = ("fp16", "bf16", "fp32")
@@ -221,13 +225,14 @@ class MergeService:
         energy = _number_or_none(req.energy, "energy") if svd else None
 
         def work() -> SavedOutcome:
-            result = api.merge([str(p) for p in paths], mode=mode, weights=weights, lbw=lbw, rank=rank,
-                               conv_rank=conv_rank, energy=energy, device=req.device or "cpu",
-                               progress=progress, presets=self._presets() if lbw else None, report=True,
-                               dtype=(req.dtype or "fp16").lower())
-            saved = self._save(result.lora, out, req, paths)
+            with self._writing(out, req, paths):
+                saved, report = api.merge_to_file(
+                    [str(p) for p in paths], out, mode=mode, weights=weights, lbw=lbw, rank=rank,
+                    conv_rank=conv_rank, energy=energy, device=req.device or "cpu", progress=progress,
+                    presets=self._presets() if lbw else None, report=True, dtype=(req.dtype or "fp16").lower(),
+                    overwrite=bool(req.overwrite), protect=[str(p) for p in paths])
             self._written(out)
-            return self._outcome(saved, result.lora, mode, result.report, paths)
+            return self._outcome((saved.sha256, saved.size), _written_lora(out), mode, report, paths)
 
         return self.serialize(work)()
 
@@ -245,9 +250,12 @@ class MergeService:
             baked = api.realize(lora, sigma, lbw=(lbw or "").strip() or None, presets=self._presets())
             if not baked.modules:
                 raise LoraMergeError(f"Σ '{sigma}' switches every rank off: the baked LoRA would be empty")
-            saved = self._save(baked, out, req, [src])
+            with self._writing(out, req, [src]):
+                saved = api.save(baked, out, dtype=(req.dtype or "fp16").lower(), overwrite=bool(req.overwrite),
+                                 protect=[str(src)])
+            baked.path = str(out)  # after writing: save() protects a LoraFile's own path
             self._written(out)
-            return self._outcome(saved, baked, "realize", None, [src])
+            return self._outcome((saved.sha256, saved.size), baked, "realize", None, [src])
 
         return self.serialize(work)()
 
@@ -265,21 +273,16 @@ class MergeService:
             self.presets = load_presets()
         return self.presets
 
-    def _save(self, lora, out: Path, req: MergeRequest, inputs: Sequence[Path]):
+    @contextmanager
+    def _writing(self, out: Path, req: MergeRequest, inputs: Sequence[Path]):
+        """Hold the path's lock while out is written, with the overwrite rule checked again at that
+        moment (another merge may have written it meanwhile) and its folders created (and removed
+        again if writing fails, unless another write into them is under way)."""
         with _path_lock(out):
-            # the rule is checked again at the moment of writing: another merge may have written it meanwhile
             names.output_path(self.library.output_dir, out.name, req.subfolder, overwrite=bool(req.overwrite),
                               inputs=inputs)
-            created = _make_folders(out.parent)
-            try:
-                saved = api.save(lora, out, dtype=(req.dtype or "fp16").lower(), overwrite=bool(req.overwrite),
-                                 protect=[str(p) for p in inputs])
-            except BaseException:
-                _remove_if_empty(created)
-                raise
-            size = os.path.getsize(out)
-        lora.path = str(out)  # after writing: save() protects a LoraFile's own path
-        return saved.sha256, size
+            with folder_for_write(out.parent):
+                yield
 
     def _outcome(self, saved, lora, mode: str, report, inputs: Sequence[Path]) -> SavedOutcome:
         sha256, size = saved
@@ -296,20 +299,11 @@ class MergeService:
             self.on_written(path)
 
 
-def _make_folders(folder: Path) -> list[Path]:
-    """Create folder and its missing parents; returns the ones created, deepest first."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LoraMergeError(f"cannot create the folder {folder}: {exc.strerror or exc}") from None
-    return missing
-
-
-def _remove_if_empty(folders: list[Path]) -> None:
-    """Undo _make_folders after a failed save (folders something else has filled meanwhile stay)."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
+def _written_lora(path: Path):
+    """What the outcome shows of a file just written (family, modules, ranks, join layout), read
+    from its header."""
+    lora = open_lazy(path)
+    if lora is None:
+        return load_lora(path)
+    lora.close()
+    return lora

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from ..atomic_write import check_name_length
 from ..errors import LoraMergeError
 
 EXTENSION = ".safetensors"
@@ -63,16 +64,21 @@ def output_path(lora_dir: str | os.PathLike, name: str, subfolder: str = "", *, 
     sub = (subfolder or "").strip()
     if sub:
         folder = root / check_plain_name(sub, "sub-folder")
-        if folder.exists() and not folder.is_dir():
-            raise LoraMergeError(f"sub-folder '{sub}' exists in {root} but is not a folder")
+        check_name_length(folder)
     path = folder / (output_stem(name) + EXTENSION)
-    if path.resolve().parent != folder.resolve() or root not in path.resolve().parents:
-        raise LoraMergeError(f"output '{path}' is not inside the Lora folder {root}")
-    for item in inputs:
-        if _same_file(path, Path(item)):
-            raise LoraMergeError(f"output '{path.name}' is one of the inputs: choose another name")
-    if path.exists() and not overwrite:
-        raise LoraMergeError(f"output '{_shown(root, path)}' already exists: tick overwrite or choose another name")
+    check_name_length(path)
+    try:
+        if sub and folder.exists() and not folder.is_dir():
+            raise LoraMergeError(f"sub-folder '{sub}' exists in {root} but is not a folder")
+        if path.resolve().parent != folder.resolve() or root not in path.resolve().parents:
+            raise LoraMergeError(f"output '{path}' is not inside the Lora folder {root}")
+        for item in inputs:
+            if _same_file(path, Path(item)):
+                raise LoraMergeError(f"output '{path.name}' is one of the inputs: choose another name")
+        if path.exists() and not overwrite:
+            raise LoraMergeError(f"output '{_shown(root, path)}' already exists: tick overwrite or choose another name")
+    except OSError as exc:
+        raise LoraMergeError(f"output '{_shown(root, path)}': cannot use this path: {exc.strerror or exc}") from None
     return path
 
 
