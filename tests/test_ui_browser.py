@@ -116,6 +116,26 @@ def merge_and_wait(pg, expected_status):
     expect(first(pg, "ljl_merge_status")).to_contain_text(expected_status)
 
 
+def test_the_page_asks_nothing_of_other_hosts(server, browser):
+    """gradio's template loads a script from cdnjs and preconnects to Google's font servers: the
+    standalone tool serves the page without them, so it works offline and phones nowhere."""
+    from urllib.parse import urlparse
+    url, _ = server
+    pg = browser.new_page()
+    requested = []
+    pg.on("request", lambda request: requested.append(request.url))
+    try:
+        pg.goto(url)
+        pg.wait_for_selector("#ljl_merge_input_0 input")
+        pg.wait_for_load_state("networkidle")
+        html = pg.content()
+    finally:
+        pg.close()
+    local = [u for u in requested if urlparse(u).hostname == "127.0.0.1"]
+    assert len(local) > 10 and local == [u for u in requested if not u.startswith("data:")], requested
+    assert "cdnjs" not in html and "fonts.googleapis" not in html
+
+
 def test_merge_the_two_examples_and_build_a_tag(page, server):
     _, out_dir = server
     expect = sync_api.expect

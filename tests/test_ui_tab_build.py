@@ -94,3 +94,14 @@ def test_default_output_dir_is_outside_the_project(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     out = standalone.default_output_dir()
     assert ROOT not in out.parents and out.name == "loras"
+
+
+def test_the_offline_page_drops_only_the_tags_that_reach_other_hosts():
+    from lora_merge_ext.ui.offline_page import without_external_tags
+    template = (Path(gr.__file__).parent / "templates" / "frontend" / "index.html").read_text(encoding="utf-8")
+    assert "cdnjs.cloudflare.com" in template and 'rel="preconnect"' in template  # what gradio ships
+    page = without_external_tags(template)
+    assert "cdnjs" not in page and "preconnect" not in page and "fonts.g" not in page
+    assert 'src="./assets/index-' in page and "window.gradio_config" in page  # the app itself stays
+    kept = without_external_tags('<script src="/x.js"></script><link rel="stylesheet" href="./a.css" />')
+    assert kept == '<script src="/x.js"></script><link rel="stylesheet" href="./a.css" />'

@@ -115,6 +115,7 @@ def main(argv: list[str]) -> int:
     from fastapi import FastAPI
 
     from ..http_api import register
+    from .offline_page import OfflinePage
 
     demo, service = make_app(lora_folders)
     if int(gr.__version__.split(".")[0]) >= 4:
@@ -126,7 +127,7 @@ def main(argv: list[str]) -> int:
     app = gr.mount_gradio_app(app, demo, path="/")
     print(f"LoRA Merge: Lora folder {service.library.output_dir}", flush=True)
     print(f"LoRA Merge: open http://{args.host}:{port}/ in a browser (Ctrl+C to stop)", flush=True)
-    uvicorn.run(app, host=args.host, port=port, log_level="warning")
+    uvicorn.run(OfflinePage(app), host=args.host, port=port, log_level="warning")
     return 0
 
 
