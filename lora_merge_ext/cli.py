@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 
@@ -129,6 +130,15 @@ def _inspect(args) -> int:
     info = describe(args.file)
     print(json.dumps(info, indent=2) if args.json else format_description(info))
     return 0
+
+
+def run() -> None:
+    """The program: `lora-merge …` and `python -m lora_merge_ext …`."""
+    # what is imported by now (torch and all) lives as long as the command: keep the garbage
+    # collector from walking it (reading two SD1.5 headers took 0.11-0.15 s in a fresh process
+    # with it walking, 0.03 s without)
+    gc.freeze()
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
