@@ -20,7 +20,7 @@ import torch
 
 from .atomic_write import write_all, write_file_atomic
 from .factor_arena import data_layout
-from .factor_math import concat_parts, relative_error
+from .factor_math import concat_parts, concat_round_off
 from .finite_check import block_is_finite
 from .lazy_lora import LazyLora, LazyModule, Unstreamable
 from .lora_file import LoraFile
@@ -145,7 +145,7 @@ def _fill_piece(piece, loras: list[LazyLora], plan: MergePlan, alphas: dict[str,
         up, down = concat_parts(parts, dtype, (block[down_bytes:].view(dtype).reshape(up_shape[0], -1),
                                                block[:down_bytes].view(dtype).reshape(down_shape[0], -1)))
         if errors is not None:
-            errors[name] = relative_error(parts, [(up, down, 1.0)])  # the joined alpha is its rank
+            errors[name] = concat_round_off(parts, up, down)
 
 
 def _read_parts(loras: list[LazyLora], plan: MergePlan, name: str, present, scratch: torch.Tensor) -> list:

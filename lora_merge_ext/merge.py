@@ -10,7 +10,7 @@ import torch
 from .devices import resolve_device
 from .errors import LoraMergeError
 from .factor_arena import FactorArena
-from .factor_math import add_parts, concat_parts, relative_error, stacked, svd_parts
+from .factor_math import add_parts, concat_parts, concat_round_off, relative_error, stacked, svd_parts
 from .family import LABELS
 from .layout import METADATA_KEY, JoinLayout
 from .lazy_lora import FactorSource, LazyModule
@@ -61,8 +61,9 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         present = [(k, lora.modules[name]) for k, lora in enumerate(loras) if name in lora.modules]
         parts = [(m.up2d(None).to(dev), m.down2d(None).to(dev), plan.coefficient(k, name, m)) for k, m in present]
         first = present[0][1]
-        stack = stacked(parts) if mode == "svd" or measure else None
-        if mode == "concat" or (mode == "add" and len(present) == 1):
+        joined = mode == "concat" or (mode == "add" and len(present) == 1)  # carried over exactly
+        stack = stacked(parts) if mode == "svd" or (measure and not joined) else None
+        if joined:
             up, down = concat_parts(parts, dtype, arena.factors(name) if arena else None)
             alpha = float(up.shape[1])
             if arena:
@@ -74,7 +75,12 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         else:
             up, down, alpha = _add(present, parts, weights, factors, name)
         up, down = up.to(dtype), down.to(dtype)
-        error = relative_error(parts, [(up, down, alpha / up.shape[1])], stack) if measure else None
+        if not measure:
+            error = None
+        elif joined:
+            error = concat_round_off(parts, up, down)
+        else:
+            error = relative_error(parts, [(up, down, alpha / up.shape[1])], stack)
         return _shaped(first, up.cpu(), down.cpu(), alpha), ReportRow(name, int(up.shape[1]), error)
 
     merged: dict[str, tuple[LoraModule, ReportRow]] = {}

@@ -285,3 +285,18 @@ def test_cli_merge_streams(tmp_path, monkeypatch, capsys):
                  "--dtype", "fp16", "--quiet"]) == 0
     assert_same_file(tmp_path / "c.safetensors", expected.path)
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_concat_round_off_is_the_dense_error(dtype):
+    """concat_round_off against ‖up·down − T‖/‖T‖ built densely in float64, for each output dtype,
+    with a negative coefficient and factors stored in half precision and float32."""
+    from lora_merge_ext.factor_math import concat_parts, concat_round_off
+    g = torch.Generator().manual_seed(5)
+    parts = [(torch.randn(320, 4, generator=g).half(), torch.randn(4, 768, generator=g).half(), 0.37),
+             (torch.randn(320, 8, generator=g), torch.randn(8, 768, generator=g) * 1e-2, -2.5)]
+    up, down = concat_parts(parts, dtype)
+    target = sum(c * u.double() @ d.double() for u, d, c in parts)
+    dense = float((up.double() @ down.double() - target).norm() / target.norm())
+    assert concat_round_off(parts, up, down) == pytest.approx(dense, rel=1e-3)
+    assert 0.0 < dense < {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6}[dtype]
