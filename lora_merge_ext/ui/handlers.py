@@ -232,7 +232,7 @@ class MergeService:
                     presets=self._presets() if lbw else None, report=True, dtype=(req.dtype or "fp16").lower(),
                     overwrite=bool(req.overwrite), protect=[str(p) for p in paths])
             self._written(out)
-            return self._outcome((saved.sha256, saved.size), _written_lora(out), mode, report, paths)
+            return self._outcome(saved, _written_lora(out), mode, report, paths)
 
         return self.serialize(work)()
 
@@ -255,7 +255,7 @@ class MergeService:
                                  protect=[str(src)])
             baked.path = str(out)  # after writing: save() protects a LoraFile's own path
             self._written(out)
-            return self._outcome((saved.sha256, saved.size), baked, "realize", None, [src])
+            return self._outcome(saved, baked, "realize", None, [src])
 
         return self.serialize(work)()
 
@@ -284,12 +284,12 @@ class MergeService:
             with folder_for_write(out.parent):
                 yield
 
-    def _outcome(self, saved, lora, mode: str, report, inputs: Sequence[Path]) -> SavedOutcome:
-        sha256, size = saved
+    def _outcome(self, saved: api.SavedFile, lora, mode: str, report, inputs: Sequence[Path]) -> SavedOutcome:
         path = Path(lora.path)
         label = path.relative_to(self.library.output_dir).as_posix()
-        return SavedOutcome(path=path, label=label, size=size, sha256=sha256, family=lora.family, mode=mode,
-                            modules=len(lora.modules), ranks=tuple(sorted({m.rank for m in lora.modules.values()})),
+        return SavedOutcome(path=path, label=label, size=saved.size, sha256=saved.sha256, family=lora.family,
+                            mode=mode, modules=len(lora.modules),
+                            ranks=tuple(sorted({m.rank for m in lora.modules.values()})),
                             layout=layout_of(lora), report=report, inputs=[str(p) for p in inputs])
 
     def _written(self, path: Path) -> None:
