@@ -170,12 +170,9 @@ class FiniteCheck:
 
     def __init__(self, modules: dict[str, LazyModule]):
         self.dtype = next(iter(modules.values())).down.dtype if modules else torch.float32
-        self.scratch = torch.empty(0, dtype=torch.uint8)
 
     def __call__(self, piece: torch.Tensor) -> bool:
-        if self.scratch.numel() < piece.numel():
-            self.scratch = torch.empty(piece.numel(), dtype=torch.uint8)
-        return block_is_finite(piece.view(self.dtype), self.scratch)
+        return block_is_finite(piece.view(self.dtype))
 
 
 def _padded(nbytes: int) -> int:

@@ -1,21 +1,13 @@
-"""Find NaN and Inf values fast: by exponent bits over whole runs of a file's buffer, or by one
-sum per tensor (NaN and Inf propagate into a sum); anything suspicious is checked exactly."""
+"""Find NaN and Inf values fast: by the extremes of whole runs of a file's buffer (one pass that
+writes nothing), or by one sum per tensor (NaN and Inf propagate into both); anything suspicious is
+checked exactly."""
 from __future__ import annotations
 
 from typing import Mapping
 
 import torch
 
-# float dtype → (integer dtype of the same width, mask without the sign bit, smallest non-finite pattern)
-_EXPONENT_ALL_ONES = {
-    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
-    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
-    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
-    torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000),
-}
-
-
-_CHUNK = 1 << 20  # values masked at a time, in one reused scratch buffer (no file-sized temporary)
+_FAST = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # dtypes checked by sums and extremes
 
 
 def _is_float(t: torch.Tensor) -> bool:
@@ -37,7 +29,7 @@ def find_nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
             by_dtype.setdefault(t.dtype, []).append((key, t))
     bad = set()
     for dtype, items in by_dtype.items():
-        if dtype not in _EXPONENT_ALL_ONES:
+        if dtype not in _FAST:
             bad.update(key for key, t in items if _exactly_nonfinite(t))
             continue
         sums = torch.isfinite(torch.stack([t.sum() for _, t in items])).tolist()
@@ -46,33 +38,25 @@ def find_nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def runs_are_finite(buffer: torch.Tensor, runs: list[tuple[torch.dtype, int, int]]) -> bool:
-    """True when no run (dtype, begin, end) of the uint8 buffer holds a NaN or Inf.  Each run is read
-    as integers: a value is non-finite exactly when its exponent bits are all ones.  Returns False
-    (not proven) for runs it cannot read that way (float8, misaligned)."""
+    """True when no run (dtype, begin, end) of the uint8 buffer holds a NaN or Inf.  Returns False
+    (not proven) for runs it cannot read as their dtype (float8, misaligned)."""
     for dtype, begin, end in runs:
-        if dtype not in _EXPONENT_ALL_ONES:
+        if dtype not in _FAST:
             if dtype.is_floating_point:
                 return False
             continue
-        as_int, mask, first_bad = _EXPONENT_ALL_ONES[dtype]
         size = dtype.itemsize
         if begin % size or (end - begin) % size:
             return False
-        bits = buffer[begin:end].view(as_int)
-        scratch = torch.empty(min(bits.numel(), _CHUNK), dtype=as_int)
-        for at in range(0, bits.numel(), _CHUNK):
-            part = bits[at:at + _CHUNK]
-            masked = torch.bitwise_and(part, mask, out=scratch[:part.numel()])
-            if int(masked.max()) >= first_bad:
-                return False
+        if not block_is_finite(buffer[begin:end].view(dtype)):
+            return False
     return True
 
 
-def block_is_finite(values: torch.Tensor, scratch: torch.Tensor) -> bool:
-    """True when the contiguous fp32/fp16/bf16 tensor values holds no NaN or Inf, read by exponent
-    bits through scratch (a uint8 tensor of at least values' size, reused between calls so that no
-    fresh memory is touched)."""
-    as_int, mask, first_bad = _EXPONENT_ALL_ONES[values.dtype]
-    bits = values.reshape(-1).view(as_int)
-    masked = torch.bitwise_and(bits, mask, out=scratch[:values.numel() * values.element_size()].view(as_int))
-    return bits.numel() == 0 or int(masked.max()) < first_bad
+def block_is_finite(values: torch.Tensor) -> bool:
+    """True when the fp32/fp16/bf16/fp64 tensor values holds no NaN or Inf: its smallest and largest
+    values, found in one pass that writes nothing, are finite (aminmax propagates NaN)."""
+    if values.numel() == 0:
+        return True
+    low, high = torch.aminmax(values.reshape(-1))
+    return bool(torch.isfinite(torch.stack([low, high])).all())

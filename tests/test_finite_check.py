@@ -1,10 +1,10 @@
-"""NaN/Inf detection: the exponent-bit check over a file's buffer and the per-tensor sums agree with
+"""NaN/Inf detection: the extremes of a file's buffer and the per-tensor sums agree with
 torch.isfinite on every float dtype, including values whose sum overflows."""
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_merge_ext.finite_check import find_nonfinite, runs_are_finite
+from lora_merge_ext.finite_check import block_is_finite, find_nonfinite, runs_are_finite
 from lora_merge_ext.safetensors_io import read_tensor_file
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -13,7 +13,7 @@ SPECIALS = [float("nan"), float("inf"), float("-inf")]
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("special", [None, *SPECIALS])
-def test_exponent_bits_agree_with_isfinite(dtype, special):
+def test_extremes_and_sums_agree_with_isfinite(dtype, special):
     big = torch.finfo(dtype).max
     x = torch.tensor([0.0, -0.0, 1e-30, -big, big, torch.finfo(dtype).tiny / 4, 3.5], dtype=dtype)
     if special is not None:
@@ -47,3 +47,17 @@ def test_file_with_several_dtypes_names_the_bad_tensor(tmp_path, where):
     tensors[where].view(-1)[-1] = float("inf")
     save_file(tensors, tmp_path / "bad.safetensors")
     assert read_tensor_file(tmp_path / "bad.safetensors").nonfinite_keys() == [where]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("special", SPECIALS)
+@pytest.mark.parametrize("size", [17, 4099])
+def test_a_single_special_is_found_anywhere_in_a_long_run(dtype, special, size):
+    """The extremes are taken by vectorised loops with a scalar tail: a lone NaN or Inf in the
+    first, a middle or the last lane of either is found, in a run and in a stream's block."""
+    for position in (0, 1, size // 2, size - 2, size - 1):
+        x = torch.full((size,), -2.5, dtype=dtype)
+        x[position] = special
+        assert not runs_are_finite(x.view(torch.uint8), [(dtype, 0, x.numel() * x.element_size())])
+        assert not block_is_finite(x)
+    assert block_is_finite(torch.full((size,), torch.finfo(dtype).max, dtype=dtype))
