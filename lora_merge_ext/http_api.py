@@ -41,6 +41,7 @@ class MergeBody(BaseModel):
     device: str = "cpu"
     subfolder: str = ""
     overwrite: bool = False
+    measure: bool = False  # also measure a concat's round-off (add and svd are always measured)
 
 
 class BakeBody(BaseModel):
@@ -115,7 +116,7 @@ def make_router(service: MergeService, *, credentials: Optional[Dict[str, str]] 
         req = MergeRequest(inputs=list(body.inputs), name=body.output, mode=body.mode, weights=body.weights,
                            lbw=[s or "" for s in body.lbw] if body.lbw is not None else None, rank=body.rank,
                            conv_rank=body.conv_rank, energy=body.energy, dtype=body.dtype, device=body.device,
-                           subfolder=body.subfolder, overwrite=body.overwrite)
+                           subfolder=body.subfolder, overwrite=body.overwrite, measure=body.measure)
         try:
             return service.merge(req).as_json()
         except LoraMergeError as exc:

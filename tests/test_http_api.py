@@ -58,7 +58,7 @@ def test_info_reports_family_rank_alpha(client):
 
 def test_merge_route_writes_the_file_and_answers_with_its_facts(client, lora_dir):
     r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", str(lora_dir / "b.safetensors")],
-                                           "weights": [1, 0.5], "output": "joined"})
+                                           "weights": [1, 0.5], "output": "joined", "measure": True})
     assert r.status_code == 200, r.text
     body = r.json()
     path = lora_dir / "joined.safetensors"
@@ -68,9 +68,12 @@ def test_merge_route_writes_the_file_and_answers_with_its_facts(client, lora_dir
     # the default output is fp16: the report measures the saved factors, so fp16 rounding and no more
     assert 1e-5 < body["report"]["max_error"] < 2e-3 and len(body["report"]["rows"]) == 2
     r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "weights": [1, 0.5],
-                                           "output": "joined32", "dtype": "fp32"})
+                                           "output": "joined32", "dtype": "fp32", "measure": True})
     assert r.status_code == 200, r.text
     assert r.json()["report"]["max_error"] < 1e-5  # a concat is exact in float32
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "quick"})
+    assert r.status_code == 200, r.text
+    assert r.json()["report"]["measured"] is False and "max_error" not in r.json()["report"]
 
 
 def test_svd_route_reports_errors(client):

@@ -159,6 +159,7 @@ def test_merge_the_two_examples_and_build_a_tag(page, server):
     assert path.is_file()
     merged = load_lora(path)
     expect(first(page, "ljl_merge_summary")).to_contain_text(merged.metadata["sshs_model_hash"])
+    expect(first(page, "ljl_merge_summary")).to_contain_text("(not measured)")  # "measure" was not ticked
     assert [c.name for c in layout_of(merged).components] == ["example_ink", "example_pastel"]
     ink = load_lora(EXAMPLES_DIR / "example_ink.safetensors")
     pastel = load_lora(EXAMPLES_DIR / "example_pastel.safetensors")
@@ -195,10 +196,20 @@ def test_the_tag_builder_opens_any_file(page):
     expect(page.locator("#ljl_merge_slider_1")).to_be_hidden()
 
 
+def test_a_join_measures_its_round_off_when_asked(page, server):
+    expect = sync_api.expect
+    page.locator("#ljl_merge_measure input").check()
+    set_name(page, "browser_measured")
+    merge_and_wait(page, "✔ wrote browser_measured.safetensors")
+    expect(first(page, "ljl_merge_summary")).to_contain_text("largest relative error")
+    page.locator("#ljl_merge_measure input").uncheck()
+
+
 def test_svd_merge_shows_the_error_plot(page, server):
     _, out_dir = server
     expect = sync_api.expect
     page.locator("#ljl_merge_mode label", has_text="svd").click()
+    expect(page.locator("#ljl_merge_measure")).to_be_hidden()  # add and svd are always measured
     rank = page.locator("#ljl_merge_rank input")
     rank.fill("1")
     set_name(page, "browser_svd")

@@ -67,7 +67,7 @@ def test_concat_is_streamed_and_reports_its_round_off(service, lora_dir, monkeyp
         raise AssertionError("the joined LoRA was built in memory")
     monkeypatch.setattr(api, "merge", refuse)  # the tab's concat goes straight into its file
     out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1.0, 0.3], name="half",
-                                     dtype="fp16"))
+                                     dtype="fp16", measure=True))
     assert out.ranks == (8,) and out.modules == 8 and [c.name for c in out.layout.components] == ["a", "b"]
     assert out.report.measured and [r.module for r in out.report.rows] == sorted(deltas(out.path))
     da, db, dm = deltas(lora_dir / "a.safetensors"), deltas(lora_dir / "b.safetensors"), deltas(out.path)
@@ -75,6 +75,28 @@ def test_concat_is_streamed_and_reports_its_round_off(service, lora_dir, monkeyp
         want = (da[row.module] + 0.3 * db[row.module]).double()
         assert row.error == pytest.approx(float((dm[row.module].double() - want).norm() / want.norm()), rel=1e-3)
         assert 0.0 < row.error < 1e-3
+
+
+def test_a_join_is_not_measured_unless_asked(service, lora_dir, monkeypatch):
+    """Measuring a join's round-off costs several times the join itself on large files: the tab
+    measures it only when "measure" is ticked, as the command line does with --report."""
+    from lora_merge_ext import factor_math
+
+    def refuse(*a, **k):
+        raise AssertionError("the round-off was measured")
+    monkeypatch.setattr(factor_math, "concat_round_off", refuse)
+    monkeypatch.setattr("lora_merge_ext.concat_stream.concat_round_off", refuse)
+    out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1.0, 0.3], name="quick"))
+    assert not out.report.measured and [r.module for r in out.report.rows] == sorted(deltas(out.path))
+    assert "(not measured)" in out.summary_markdown() and "largest relative error" not in out.summary_markdown()
+    assert out.as_json()["report"] == {"measured": False,
+                                       "rows": [{"module": r.module, "rank": 8} for r in out.report.rows]}
+    da, db, dm = deltas(lora_dir / "a.safetensors"), deltas(lora_dir / "b.safetensors"), deltas(out.path)
+    for name, delta in dm.items():  # the same exact join as a measured one: fp16 rounding and no more
+        want = (da[name] + 0.3 * db[name]).double()
+        assert 0.0 < float((delta.double() - want).norm() / want.norm()) < 1e-3
+    svd = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], mode="svd", rank=3, name="s"))
+    assert svd.report.measured  # add and svd are always measured, ticked or not
 
 
 def test_svd_merge_respects_the_rank_and_reports_every_module(service):

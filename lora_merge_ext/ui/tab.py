@@ -100,6 +100,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                 gr.Markdown("### Merge", elem_id="ljl_merge_settings_title")
                 mode = gr.Radio(list(MODE_HELP), value="concat", label="mode", info=MODE_HELP["concat"],
                                 elem_id="ljl_merge_mode")
+                measure = gr.Checkbox(value=False, label="measure the join's round-off (slower for large files)",
+                                      elem_id="ljl_merge_measure")
                 with gr.Group(visible=False, elem_id="ljl_merge_svd_options") as svd_options:
                     with gr.Row():
                         rank = gr.Number(value=8, precision=0, label="rank (cap, with dynamic rank)",
@@ -174,11 +176,12 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
 
         refresh.click(on_refresh, inputs=[], outputs=[*pickers, subfolder, tag_file])
 
-        mode.change(lambda m: [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd")],
-                    inputs=[mode], outputs=[mode, svd_options])
+        mode.change(lambda m: [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd"),
+                               gr.update(visible=m == "concat")],
+                    inputs=[mode], outputs=[mode, svd_options, measure])
         dynamic.change(lambda d: gr.update(visible=bool(d)), inputs=[dynamic], outputs=[energy])
 
-        form = {shown, mode, rank, conv_rank, dynamic, energy, dtype, device, name, subfolder, overwrite,
+        form = {shown, mode, measure, rank, conv_rank, dynamic, energy, dtype, device, name, subfolder, overwrite,
                 *pickers, *weights, *lbws}
         outputs = [status, summary, components, plot, result, *sliders, advanced, tag, tag_message, bake_name,
                    *pickers, subfolder, tag_file]
@@ -192,7 +195,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                 mode=values[mode], rank=values[rank], conv_rank=values[conv_rank] or None,
                 energy=values[energy] if values[dynamic] else None,
                 dtype=values[dtype], device=values[device], name=values[name] or "",
-                subfolder=values[subfolder] or "", overwrite=bool(values[overwrite]))
+                subfolder=values[subfolder] or "", overwrite=bool(values[overwrite]),
+                measure=bool(values[measure]))
             if values[mode] == "svd" and values[dynamic] and not values[rank]:
                 req.rank = None
 
