@@ -94,6 +94,18 @@ def page(server, browser):
     pg.close()
 
 
+@pytest.fixture(autouse=True)
+def no_error_toasts(request):
+    """After each test on the shared page: gradio showed no error (an event handler that raised or
+    answered with the wrong number of outputs puts up a toast and marks its outputs "Error")."""
+    yield
+    if "page" in request.fixturenames:
+        pg = request.getfixturevalue("page")
+        pg.wait_for_timeout(500)  # a late event's toast
+        toasts = pg.locator(".toast-body.error")
+        assert toasts.count() == 0, toasts.all_inner_texts()
+
+
 def first(pg, elem_id):
     """gradio 3 repeats a Markdown's elem_id on its inner element: the outer one."""
     return pg.locator(f"#{elem_id}").first

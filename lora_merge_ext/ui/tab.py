@@ -222,7 +222,9 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
 
         def on_tag_file(label, lbw, state):
             if label and state and state.get("label") == label:
-                return {}  # already shown (a merge just set it): keep the sliders the user may have moved
+                # already shown (a merge just set it): keep the sliders the user may have moved.  Not an
+                # empty dict: gradio 3 reads that as one value for 13 outputs and shows an error.
+                return {tag_message: gr.update()}
             view = callbacks.open_for_tag(service, label)
             if not view.ok:
                 return {tag_message: view.status}
