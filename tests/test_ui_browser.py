@@ -4,6 +4,7 @@ example LoRAs, merge, move a slider, read the tag, and check the file on disk.
 
 Set LJL_SCREENSHOT=docs/screenshot-tab.png to also save the README screenshot.
 """
+import json
 import os
 import shutil
 import socket
@@ -243,6 +244,56 @@ def test_a_bad_name_is_refused_in_the_status_line(page, server):
     set_name(page, "browser_mix")
     merge_and_wait(page, "already exists")
     assert sorted(p.name for p in out_dir.iterdir()) == before
+
+
+def choose(pg, elem_id, text, custom=False):
+    """Pick text in a searchable dropdown (or type a custom value and press Enter)."""
+    box = pg.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(text)
+    if custom:
+        box.press("Enter")
+    else:
+        pg.locator(f"#{elem_id} ul.options li", has_text=text).first.click()
+
+
+def test_rows_presets_add_mode_sub_folder_and_a_refused_bake(page, server):
+    """The rest of the form, each step answered without a gradio error (see no_error_toasts)."""
+    _, out_dir = server
+    expect = sync_api.expect
+    page.click("#ljl_merge_add_row")
+    expect(page.locator("#ljl_merge_row_2")).to_be_visible()
+    pick(page, 2, "example_glow")
+    expect(first(page, "ljl_merge_info_2")).to_contain_text("SD1")
+    page.click("#ljl_merge_remove_row")
+    expect(page.locator("#ljl_merge_row_2")).to_be_hidden()
+
+    page.locator("#ljl_merge_mode label", has_text="svd").click()
+    page.locator("#ljl_merge_dynamic input").check()
+    expect(page.locator("#ljl_merge_energy")).to_be_visible()
+    page.locator("#ljl_merge_dynamic input").uncheck()
+    page.locator("#ljl_merge_mode label", has_text="add").click()
+    expect(page.locator("#ljl_merge_svd_options")).to_be_hidden()
+    expect(page.locator("#ljl_merge_measure")).to_be_hidden()
+
+    choose(page, "ljl_merge_lbw_1", "INS")
+    choose(page, "ljl_merge_subfolder", "browser_sub", custom=True)
+    set_name(page, "browser_add")
+    merge_and_wait(page, "✔ wrote browser_sub/browser_add.safetensors")
+    expect(page.locator("#ljl_merge_plot svg.ljl-error-plot rect.ljl-bar")).to_have_count(64)
+    added = load_lora(out_dir / "browser_sub" / "browser_add.safetensors")
+    provenance = json.loads(added.metadata["ljl_provenance"])
+    assert provenance["mode"] == "add" and [i["lbw"] for i in provenance["inputs"]] == [None, "INS"]
+
+    page.click("#ljl_merge_refresh")
+    choose(page, "ljl_merge_tag_file", "browser_mix")
+    expect(page.locator("#ljl_merge_slider_1")).to_be_visible()
+    page.locator("#ljl_merge_advanced_box").click()
+    page.locator("#ljl_merge_advanced textarea").fill("0")
+    page.locator("#ljl_merge_bake_name textarea").fill("browser_nothing")
+    page.click("#ljl_merge_bake")
+    expect(first(page, "ljl_merge_bake_status")).to_contain_text("switches every rank off")
+    assert not (out_dir / "browser_nothing.safetensors").exists()
 
 
 WEBUI_PAGE = """<html><body>
