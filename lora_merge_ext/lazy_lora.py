@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -148,11 +149,18 @@ def _source(info: TensorInfo, shape: tuple[int, ...], data_start: int) -> Factor
     return FactorSource(FACTOR_DTYPES[info.dtype], tuple(shape), data_start + info.offsets[0])
 
 
+_SCALAR_FORMATS = {"F32": "<f", "F16": "<e", "F64": "<d"}  # an alpha's usual dtypes, read without torch
+
+
 def _alpha(path: str, name: str, info: TensorInfo | None, data_start: int, fd: int) -> float | None:
     if info is None:
         return None
     raw = bytearray(info.nbytes)
     _pread_exactly(fd, memoryview(raw), data_start + info.offsets[0], path)
+    if math.prod(info.shape) == 1 and (info.dtype in _SCALAR_FORMATS or info.dtype == "BF16"):
+        if info.dtype == "BF16":  # the upper half of a float32
+            return struct.unpack("<f", b"\0\0" + bytes(raw))[0]
+        return struct.unpack(_SCALAR_FORMATS[info.dtype], raw)[0]
     values = torch.frombuffer(raw, dtype=TORCH_DTYPES[info.dtype]) if raw else torch.empty(0)
     return alpha_value(f"{path}: module {name}", values.reshape(info.shape))
 

@@ -300,3 +300,26 @@ def test_concat_round_off_is_the_dense_error(dtype):
     dense = float((up.double() @ down.double() - target).norm() / target.norm())
     assert concat_round_off(parts, up, down) == pytest.approx(dense, rel=1e-3)
     assert 0.0 < dense < {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6}[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)])
+def test_alphas_of_every_dtype_read_as_load_lora_reads_them(tmp_path, dtype, shape):
+    """open_lazy reads the usual scalar alphas without torch: the same values as load_lora."""
+    from safetensors.torch import save_file
+    values = [3.0, 0.1, -2.5, 65504.0, 1e-3, 7.0]
+    tensors = {}
+    for k, a in enumerate(values):
+        name = f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn{k}_to_q"
+        tensors[f"{name}.lora_down.weight"] = torch.randn(2, 320)
+        tensors[f"{name}.lora_up.weight"] = torch.randn(320, 2)
+        tensors[f"{name}.alpha"] = torch.tensor(a).to(dtype).reshape(shape)
+    path = tmp_path / "alphas.safetensors"
+    save_file(tensors, str(path))
+    lazy = open_lazy(path)
+    try:
+        got = {n: m.alpha for n, m in lazy.modules.items()}
+    finally:
+        lazy.close()
+    want = {n: m.alpha for n, m in load_lora(path).modules.items()}
+    assert got == want and len(got) == len(values)
