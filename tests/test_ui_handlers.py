@@ -80,12 +80,10 @@ def test_concat_is_streamed_and_reports_its_round_off(service, lora_dir, monkeyp
 def test_a_join_is_not_measured_unless_asked(service, lora_dir, monkeypatch):
     """Measuring a join's round-off costs several times the join itself on large files: the tab
     measures it only when "measure" is ticked, as the command line does with --report."""
-    from lora_merge_ext import factor_math
-
     def refuse(*a, **k):
         raise AssertionError("the round-off was measured")
-    monkeypatch.setattr(factor_math, "concat_round_off", refuse)
-    monkeypatch.setattr("lora_merge_ext.concat_stream.concat_round_off", refuse)
+    for where in ("lora_merge_ext.concat_stream", "lora_merge_ext.merge"):  # streamed, or merged in memory
+        monkeypatch.setattr(f"{where}.concat_round_off", refuse)
     out = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1.0, 0.3], name="quick"))
     assert not out.report.measured and [r.module for r in out.report.rows] == sorted(deltas(out.path))
     assert "(not measured)" in out.summary_markdown() and "largest relative error" not in out.summary_markdown()

@@ -27,7 +27,8 @@ def test_standalone_layout_has_every_control(tmp_path):
     for i in range(MAX_INPUTS):
         assert {f"ljl_merge_input_{i}", f"ljl_merge_weight_{i}", f"ljl_merge_lbw_{i}", f"ljl_merge_info_{i}"} <= ids
     assert {f"ljl_merge_slider_{i}" for i in range(MAX_SLIDERS)} <= ids
-    assert {"ljl_merge_mode", "ljl_merge_measure", "ljl_merge_rank", "ljl_merge_conv_rank", "ljl_merge_dynamic", "ljl_merge_energy",
+    assert {"ljl_merge_mode", "ljl_merge_measure", "ljl_merge_rank", "ljl_merge_conv_rank", "ljl_merge_dynamic",
+            "ljl_merge_energy",
             "ljl_merge_dtype", "ljl_merge_device", "ljl_merge_name", "ljl_merge_subfolder", "ljl_merge_overwrite",
             "ljl_merge_button", "ljl_merge_status", "ljl_merge_summary", "ljl_merge_plot", "ljl_merge_tag",
             "ljl_merge_advanced", "ljl_merge_bake", "ljl_merge_refresh"} <= ids

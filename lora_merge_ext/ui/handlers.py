@@ -125,7 +125,8 @@ class SavedOutcome:
                                                          for r in self.report.rows]}
         elif self.report is not None:
             s = self.report.summary()
-            out["report"] = {"measured": True, "mean_error": _finite(s["mean_error"]), "max_error": _finite(s["max_error"]),
+            out["report"] = {"measured": True, "mean_error": _finite(s["mean_error"]),
+                             "max_error": _finite(s["max_error"]),
                              "worst": [{"module": m, "rank": r, "error": _finite(e)} for m, r, e in s["worst"]],
                              "rows": [{"module": r.module, "rank": r.rank, "error": _finite(r.error)}
                                       for r in self.report.rows]}
