@@ -106,3 +106,14 @@ def test_the_offline_page_drops_only_the_tags_that_reach_other_hosts():
     assert 'src="./assets/index-' in page and "window.gradio_config" in page  # the app itself stays
     kept = without_external_tags('<script src="/x.js"></script><link rel="stylesheet" href="./a.css" />')
     assert kept == '<script src="/x.js"></script><link rel="stylesheet" href="./a.css" />'
+
+
+def test_standalone_refuses_a_port_in_use_before_announcing_it(tmp_path, capsys):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert standalone.main(["--out-dir", str(tmp_path), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and err.count("\n") == 1

@@ -45,6 +45,17 @@ def free_port(host: str, start: int = 7860, tries: int = 100) -> int:
     raise LoraMergeError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, before anything is printed or built, a port this host cannot listen on (in use, or a
+    host that is not this machine's)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise LoraMergeError(f"cannot listen on {host}:{port}: {e.strerror or e} (choose another --port)") from None
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -107,6 +118,7 @@ def main(argv: list[str]) -> int:
         args = parse_args(argv)
         lora_folders = folders(args)
         port = args.port if args.port is not None else free_port(args.host)
+        check_port(args.host, port)
     except LoraMergeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
