@@ -232,7 +232,8 @@ def _ranks(mode, rank, conv_rank, energy, loras):
         given = [label for label, value in (("rank", rank), ("conv rank", conv_rank), ("energy", energy))
                  if value is not None]
         if given:
-            raise LoraMergeError(f"{' and '.join(given)} only apply to svd merges (mode {mode} keeps every rank)")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise LoraMergeError(f"{' and '.join(given)} only {verb} to svd merges (mode {mode} keeps every rank)")
         return rank, conv_rank
     if rank is None and energy is None:
         rank = max(lora.max_rank for lora in loras)

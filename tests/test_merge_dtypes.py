@@ -132,5 +132,5 @@ def test_realize_takes_sigma_lists_per_component_or_per_rank(half_pair):
 @pytest.mark.parametrize("option", [dict(rank=2), dict(conv_rank=2), dict(energy=0.9)])
 def test_svd_options_outside_svd_are_refused(half_pair, mode, option):
     from lora_merge_ext.errors import LoraMergeError
-    with pytest.raises(LoraMergeError, match="only apply to svd merges"):
+    with pytest.raises(LoraMergeError, match="only applies to svd merges"):
         api.merge(list(half_pair), mode=mode, **option)
