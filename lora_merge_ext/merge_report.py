@@ -35,9 +35,17 @@ class MergeReport:
     def format(self, worst: int = 5) -> str:
         """A short human-readable summary."""
         s = self.summary(worst)
+        head = f"{s['modules']} modules{self._rank_text()}, {self.mode}"
         if not self.measured:
-            return f"{s['modules']} modules, {self.mode}: exact by construction (error not measured; ask for a report)"
-        lines = [f"{s['modules']} modules, {self.mode}: relative error mean {s['mean_error']:.3g}, max {s['max_error']:.3g}"]
+            return f"{head}: exact by construction (error not measured; ask for a report)"
+        lines = [f"{head}: relative error mean {s['mean_error']:.3g}, max {s['max_error']:.3g}"]
         if s["max_error"] > 1e-5:
             lines += [f"  {err:.3g}  rank {rank:<4} {module}" for module, rank, err in s["worst"]]
         return "\n".join(lines)
+
+    def _rank_text(self) -> str:
+        """' at rank 8', or ' at ranks 4–8' when modules differ ('' for no rows)."""
+        ranks = sorted({r.rank for r in self.rows})
+        if not ranks:
+            return ""
+        return f" at rank {ranks[0]}" if len(ranks) == 1 else f" at ranks {ranks[0]}–{ranks[-1]}"

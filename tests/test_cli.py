@@ -33,6 +33,7 @@ def test_merge_realize_inspect_round_trip(files):
     r = run("merge", a, b, "-o", out, "--mode", "join", "--weights=-0.5,1", "--dtype", "fp32")
     assert r.returncode == 0, r.stderr
     assert "merging:" in r.stderr and "wrote" in r.stdout
+    assert "modules at rank 6, concat: exact by construction" in r.stdout  # ranks 4 + 2
     da, db, dj = dense_deltas(a), dense_deltas(b), dense_deltas(out)
     for n in dj:
         assert torch.allclose(dj[n], -0.5 * da[n] + db[n], rtol=1e-5, atol=1e-7)
@@ -51,7 +52,7 @@ def test_svd_with_lbw_per_input(files):
     r = run("merge", a, b, "-o", out, "--mode", "svd", "--rank", "2", "--conv-rank", "1", "--lbw", "MIDD;", "--quiet")
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
-    assert "relative error" in r.stdout
+    assert "modules at ranks 1–2, svd: relative error" in r.stdout  # 3×3 convolutions at --conv-rank
 
 
 @pytest.mark.parametrize("args, message", [
