@@ -93,14 +93,29 @@ def basic(user, password):
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def test_routes_come_from_app_started_without_auth(host):
+def test_routes_come_from_app_started_with_api(host):
+    host.shared.cmd_opts.api = True
     client = host.api_client()
     r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "api"})
     assert r.status_code == 200, r.text
     assert "api" in host.networks.available_networks
 
 
+def test_without_api_there_are_no_routes(host, capsys):
+    """app_started runs without --api too, and its routes are not behind the UI's login: the merge
+    routes exist only when the WebUI serves its own API, like the host's routes."""
+    before = sorted(p.name for p in host.lora_dir.iterdir())
+    client = host.api_client()
+    assert "the /ljl/v1 HTTP routes are off" in capsys.readouterr().out
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "api"})
+    assert r.status_code == 404
+    assert sorted(p.name for p in host.lora_dir.iterdir()) == before
+    host.shared.cmd_opts.nowebui = True  # the API-only server serves them
+    assert host.api_client().get("/ljl/v1/loras").status_code == 200
+
+
 def test_routes_honour_api_auth(host):
+    host.shared.cmd_opts.api = True
     host.shared.cmd_opts.api_auth = "user:secret"
     client = host.api_client()
     assert client.get("/ljl/v1/loras").status_code == 401

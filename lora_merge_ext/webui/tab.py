@@ -110,6 +110,13 @@ def on_ui_tabs() -> list:
 
 
 def on_app_started(demo, app) -> None:
-    """script_callbacks.on_app_started: the /ljl/v1 routes, behind --api-auth when it is set."""
+    """script_callbacks.on_app_started: the /ljl/v1 routes, behind --api-auth when it is set, and only
+    when the WebUI serves its own API (--api or --nowebui): app_started runs either way, and routes
+    added here are not behind the UI's login (reference §10), so without --api they would let anyone
+    who reaches the server write into the Lora folder."""
+    from modules import shared
+    if not (getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False)):
+        print("[LJL] the /ljl/v1 HTTP routes are off: start the WebUI with --api to serve them")
+        return
     from ..http_api import register
     register(app, merge_service(), credentials=api_credentials())
