@@ -74,19 +74,24 @@ def test_merges_run_under_the_queue_lock_and_refresh_the_host_list(host):
     assert networks.available_networks["ab"].filename == str(out.path)
 
 
-def test_an_overwritten_file_is_applied_anew_at_the_next_generation(host):
+@pytest.mark.parametrize("tag", ["<lora:m:1>", "<ljl:m:1,1>"])
+def test_an_overwritten_file_is_applied_anew_at_the_next_generation(host, tag):
+    """Layers and the text-encoder conds: the host caches conds by prompt text (persistent_cond_cache),
+    so the same prompt after an overwrite would reuse the old file's text-encoder effect."""
     from lora_merge_ext.webui.tab import merge_service
     service = merge_service()
     service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="m"))
-    before = host.txt2img("a cat <lora:m:1>", seed=3).images[0].unet
+    before = host.txt2img(f"a cat {tag}", seed=3).images[0]
     service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1, -2], name="m",
                                overwrite=True))
-    after = host.txt2img("a cat <lora:m:1>", seed=3).images[0].unet
+    after = host.txt2img(f"a cat {tag}", seed=3).images[0]
     service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1, -2], name="fresh"))
-    reference = host.txt2img("a cat <lora:fresh:1>", seed=3).images[0].unet
-    assert any(not torch.equal(before[k], after[k]) for k in before)
-    for k in reference:
-        torch.testing.assert_close(after[k], reference[k])
+    reference = host.txt2img(f"a cat {tag.replace(':m:', ':fresh:')}", seed=3).images[0]
+    for stage in ("unet", "cond"):
+        old, new, want = getattr(before, stage), getattr(after, stage), getattr(reference, stage)
+        assert any(not torch.equal(old[k], new[k]) for k in old), stage
+        for k in want:
+            torch.testing.assert_close(new[k], want[k])
 
 
 def basic(user, password):

@@ -73,6 +73,7 @@ def _forget_cached(networks, name: str) -> None:
     clear = getattr(getattr(networks, "load_lora_state_dict", None), "cache_clear", None)
     if clear is not None:  # Forge: state dicts cached by file name
         clear()
+    _forget_conds()
     from modules import shared
     model = getattr(shared, "sd_model", None)
     if model is None:
@@ -87,6 +88,17 @@ def _forget_cached(networks, name: str) -> None:
         if current and getattr(layer, "network_weights_backup", None) is not None \
                 and any(entry and entry[0] == name for entry in current):
             layer.network_current_names = (("ljl: replaced on disk",),)
+
+
+def _forget_conds() -> None:
+    """The host reuses text-encoder conds while the prompt text is unchanged (reference §3.3): after
+    an overwrite the same `<lora:NAME>` would keep the old file's text-encoder effect."""
+    from modules import processing
+    from .activation import forget_conds
+    for cls in (getattr(processing, "StableDiffusionProcessing", None),
+                getattr(processing, "StableDiffusionProcessingTxt2Img", None)):
+        if cls is not None:
+            forget_conds(cls)  # the caches are lists shared through the class
 
 
 def merge_service():
