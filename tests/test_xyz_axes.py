@@ -237,15 +237,25 @@ def test_the_hires_prompt_is_rewritten_when_it_has_the_tag(sd1):
                      single(sd1, "a <ljl:J:0,1>", enable_hr=True, hr_prompt="b <ljl:J:0,1>"))
 
 
+def test_a_hires_prompt_with_other_loras_first_gets_the_prompt_s_tag_rewritten(sd1):
+    """The value names no tag: the prompt's first tag (J) is varied, in the hires prompt too, even
+    where that lists K first; K keeps its own vector."""
+    res, _ = grid(sd1, "a <ljl:J:1,1>", x=(SIGMA, '"0,1"'), enable_hr=True, hr_prompt="b <ljl:K:1> <ljl:J:1,1>")
+    pc = res.copies[0, 0, 0]
+    assert (pc.prompt, pc.hr_prompt) == ("a <ljl:J:0,1>", "b <ljl:K:1> <ljl:J:0,1>")
+    res, _ = grid(sd1, "a <ljl:J:1,1>", x=(COMPONENT, "B: 0"), enable_hr=True, hr_prompt="b <ljl:K:1>")
+    assert res.copies[0, 0, 0].hr_prompt == "b <ljl:K:1>"
+
+
 def test_prompt_lists_and_hires_prompt_lists_are_rewritten():
     """API requests may carry one prompt per image; every prompt holding the tag is rewritten."""
     from types import SimpleNamespace
     from lora_merge_ext.webui.xyz_axes import apply_lbw, apply_sigma
     p = SimpleNamespace(prompt=["a <ljl:J:1>", "b", "c <ljl:J:1> <ljl:K:1>"], hr_prompt=["h <ljl:K:1>", "i"])
     apply_sigma(p, "K: 0 1", [])
-    apply_lbw(p, "ALL", [])
+    apply_lbw(p, "ALL", [])  # no NAME: the first tag of the prompt, J, wherever it is
     assert p.prompt == ["a <ljl:J:1:lbw=ALL>", "b", "c <ljl:J:1:lbw=ALL> <ljl:K:0,1>"]
-    assert p.hr_prompt == ["h <ljl:K:0,1:lbw=ALL>", "i"]
+    assert p.hr_prompt == ["h <ljl:K:0,1>", "i"]
     with pytest.raises(LoraMergeError, match="no <ljl:NAME:…> tag"):
         apply_sigma(SimpleNamespace(prompt=["a", "b"]), "1", [])
 

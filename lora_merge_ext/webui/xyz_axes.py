@@ -78,8 +78,20 @@ def _rewrite(text, name, edit, required):
     return text
 
 
+def _first_tag_name(prompt) -> str:
+    """The name of the first `<ljl>` tag of the prompt (of the first prompt holding one, for a list)."""
+    for text in prompt if isinstance(prompt, (list, tuple)) else [prompt]:
+        if isinstance(text, str) and ljl_tag.has_tag(text):
+            return ljl_tag.pick_tag(text).name
+    return ljl_tag.pick_tag("").name  # raises: no tag
+
+
 def rewrite_processing(p, name: str | None, edit) -> None:
-    """Apply `edit` to the picked tag of p.prompt, and of p.hr_prompt where that has the tag."""
+    """Apply `edit` to the picked tag of p.prompt, and to the tag of the same name in p.hr_prompt
+    where that has one (a value without NAME: picks the prompt's first tag; the hires prompt may
+    hold other LoRAs, or list them in another order)."""
+    if name is None:
+        name = _first_tag_name(p.prompt)
     p.prompt = _rewrite(p.prompt, name, edit, True)
     if getattr(p, "hr_prompt", None):
         p.hr_prompt = _rewrite(p.hr_prompt, name, edit, False)
