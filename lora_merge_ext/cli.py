@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("inputs", nargs="+", help="LoRA files (.safetensors)")
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--mode", default="concat", help="concat (aliases join, ljl), add or svd [concat]")
-    m.add_argument("--weights", default=None, help="one weight per input, e.g. 1,0.5 (use --weights=-0.5,1)")
+    m.add_argument("--weights", default=None,
+                   help="one weight per input (or one for all), e.g. 1,0.5 (use --weights=-0.5,1)")
     m.add_argument("--rank", type=int, default=None, help="svd: output rank [largest input rank]")
     m.add_argument("--conv-rank", type=int, default=None, help="svd: rank for 3x3 convolutions [--rank]")
     m.add_argument("--energy", type=float, default=None,

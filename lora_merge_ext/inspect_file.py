@@ -33,7 +33,7 @@ def describe(path: str) -> dict:
         "sha256": digest,
         "shorthash": digest[:12] if digest else None,
         "stored_hash_matches": None if stored is None or digest is None else stored == digest,
-        "metadata": {k: (v if len(v) <= LONG_VALUE else v[:LONG_VALUE] + "…") for k, v in sorted(lora.metadata.items())},
+        "metadata": dict(sorted(lora.metadata.items())),  # whole: --json readers parse ljl_provenance
     }
 
 
@@ -51,5 +51,5 @@ def format_description(info: dict) -> str:
         check = {True: "matches sshs_model_hash", False: "DIFFERS from sshs_model_hash", None: "no stored hash"}
         lines.append(f"sha256 (tensor data): {info['sha256']} [{check[info['stored_hash_matches']]}]")
     lines.append("metadata:")
-    lines += [f"  {k}: {v}" for k, v in info["metadata"].items()]
+    lines += [f"  {k}: {v if len(v) <= LONG_VALUE else v[:LONG_VALUE] + '…'}" for k, v in info["metadata"].items()]
     return "\n".join(lines)

@@ -39,6 +39,9 @@ def test_merge_realize_inspect_round_trip(files):
         assert torch.allclose(dj[n], -0.5 * da[n] + db[n], rtol=1e-5, atol=1e-7)
     info = json.loads(run("inspect", out, "--json").stdout)
     assert [c["name"] for c in info["components"]] == ["a", "b"] and info["family"] == "SD1"
+    provenance = json.loads(info["metadata"]["ljl_provenance"])  # whole, not shortened as on screen
+    assert [i["weight"] for i in provenance["inputs"]] == [-0.5, 1.0] and len(info["metadata"]["ljl_provenance"]) > 200
+    assert "…" in run("inspect", out).stdout
     r = run("realize", out, "-o", d / "only_b.safetensors", "--sigma", "0,1")
     assert r.returncode == 0, r.stderr
     ob = dense_deltas(d / "only_b.safetensors")
