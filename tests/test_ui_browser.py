@@ -257,6 +257,12 @@ def choose(pg, elem_id, text, custom=False):
         pg.locator(f"#{elem_id} ul.options li", has_text=text).first.click()
 
 
+def type_into(pg, elem_id, text):
+    """Type into a text box and leave it (click elsewhere), as a user does."""
+    pg.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
+    pg.locator("#ljl_merge_settings_title").first.click()
+
+
 def test_rows_presets_add_mode_sub_folder_and_a_refused_bake(page, server):
     """The rest of the form, each step answered without a gradio error (see no_error_toasts)."""
     _, out_dir = server
@@ -276,8 +282,8 @@ def test_rows_presets_add_mode_sub_folder_and_a_refused_bake(page, server):
     expect(page.locator("#ljl_merge_svd_options")).to_be_hidden()
     expect(page.locator("#ljl_merge_measure")).to_be_hidden()
 
-    choose(page, "ljl_merge_lbw_1", "INS")
-    choose(page, "ljl_merge_subfolder", "browser_sub", custom=True)
+    type_into(page, "ljl_merge_lbw_1", "INS")  # typed, no Enter: what is shown is what is used
+    type_into(page, "ljl_merge_subfolder", "browser_sub")
     set_name(page, "browser_add")
     merge_and_wait(page, "✔ wrote browser_sub/browser_add.safetensors")
     expect(page.locator("#ljl_merge_plot svg.ljl-error-plot rect.ljl-bar")).to_have_count(64)
@@ -294,6 +300,37 @@ def test_rows_presets_add_mode_sub_folder_and_a_refused_bake(page, server):
     page.click("#ljl_merge_bake")
     expect(first(page, "ljl_merge_bake_status")).to_contain_text("switches every rank off")
     assert not (out_dir / "browser_nothing.safetensors").exists()
+
+
+def test_the_tag_keeps_its_lbw_through_a_merge_and_bad_files_clear_the_builder(page, server):
+    """A merge builds the new file's tag with the lbw already set for the tag; a file the tag builder
+    cannot open (corrupt, or a name a tag cannot hold) is reported, and the builder no longer acts on
+    the file before it."""
+    _, out_dir = server
+    expect = sync_api.expect
+    page.locator("#ljl_merge_mode label", has_text="concat").click()
+    type_into(page, "ljl_merge_lbw_1", "")
+    type_into(page, "ljl_merge_subfolder", "")
+    type_into(page, "ljl_merge_tag_lbw", "OUTS")
+    set_name(page, "browser_lbw_tag")
+    merge_and_wait(page, "✔ wrote browser_lbw_tag.safetensors")
+    expect(page.locator("#ljl_merge_tag textarea")).to_have_value("<ljl:browser_lbw_tag:1,1:lbw=OUTS>")
+
+    (out_dir / "browser_broken.safetensors").write_bytes(b"not a safetensors file")
+    shutil.copyfile(EXAMPLES_DIR / "example_ink.safetensors", out_dir / "odd:name.safetensors")
+    page.click("#ljl_merge_refresh")
+    for label, words in (("browser_broken", "browser_broken"), ("odd:name", "odd:name")):
+        choose(page, "ljl_merge_tag_file", label)
+        expect(first(page, "ljl_merge_tag_message")).to_contain_text(words)
+        expect(page.locator("#ljl_merge_tag textarea")).to_have_value("")
+        expect(page.locator("#ljl_merge_slider_0")).to_be_hidden()
+    page.locator("#ljl_merge_bake_name textarea").fill("browser_from_nothing")
+    page.click("#ljl_merge_bake")
+    expect(first(page, "ljl_merge_bake_status")).to_contain_text("merge first")
+    assert not (out_dir / "browser_from_nothing.safetensors").exists()
+    (out_dir / "browser_broken.safetensors").unlink()
+    (out_dir / "odd:name.safetensors").unlink()
+    page.click("#ljl_merge_refresh")
 
 
 WEBUI_PAGE = """<html><body>

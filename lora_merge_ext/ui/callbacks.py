@@ -129,14 +129,14 @@ def open_for_tag(service: MergeService, label: str | None) -> ResultView:
     try:
         path = service.library.path_of(label)
         info = describe(path)
-    except LoraMergeError as exc:
+        layout = JoinLayout([Component(n, r) for n, r in info.components])
+        state = {"path": str(path), "label": label, "name": tag_builder.tag_name(path),
+                 "layout": layout.to_metadata()}
+        sliders = slider_views(layout)
+        text = tag_builder.build_tag(state["name"], layout, [v.value for v in sliders])
+    except LoraMergeError as exc:  # e.g. a name a tag cannot hold (':' or '>')
         return ResultView(ok=False, status=error_status(exc))
-    layout = JoinLayout([Component(n, r) for n, r in info.components])
-    state = {"path": str(path), "label": label, "name": tag_builder.tag_name(path), "layout": layout.to_metadata()}
-    sliders = slider_views(layout)
-    return ResultView(ok=True, status="", state=state, sliders=sliders,
-                      tag=tag_builder.build_tag(state["name"], layout, [v.value for v in sliders]),
-                      bake_name=f"{state['name']}_baked")
+    return ResultView(ok=True, status="", state=state, sliders=sliders, tag=text, bake_name=f"{state['name']}_baked")
 
 
 def tag(state: dict | None, sliders: Sequence[float], advanced: str = "", lbw: str = "") -> tuple[str, str]:

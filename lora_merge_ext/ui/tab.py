@@ -37,6 +37,15 @@ def tab_css() -> str:
         return ""
 
 
+def subfolder_info(subfolders) -> str:
+    """The line under the sub-folder box: the sub-folders there are (a new name creates one)."""
+    existing = [s for s in subfolders if s]
+    if not existing:
+        return "a new name creates the folder"
+    shown = ", ".join(existing[:12]) + (", …" if len(existing) > 12 else "")
+    return f"existing: {shown}; a new name creates the folder"
+
+
 def _presets_names(presets) -> list[str]:
     if presets is None:
         return []
@@ -85,9 +94,10 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                                                        elem_id=f"ljl_merge_input_{i}", scale=4))
                             weights.append(gr.Number(value=1.0, label="weight", elem_id=f"ljl_merge_weight_{i}",
                                                      scale=1, min_width=90))
-                            lbws.append(gr.Dropdown(choices=preset_choices, value=None, allow_custom_value=True,
-                                                    label="lbw (preset or numbers)", elem_id=f"ljl_merge_lbw_{i}",
-                                                    scale=2))
+                            # text boxes, not dropdowns with custom values: gradio 3 drops a typed value
+                            # unless Enter is pressed, and Enter picks the first choice containing it
+                            lbws.append(gr.Textbox(value="", label="lbw (preset or numbers)", placeholder="e.g. MIDD",
+                                                   max_lines=1, elem_id=f"ljl_merge_lbw_{i}", scale=2))
                         infos.append(gr.Markdown("", elem_id=f"ljl_merge_info_{i}"))
                     rows.append(row)
                 shown = gr.State(2)
@@ -118,8 +128,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                 name = gr.Textbox(label="output name (a file in the Lora folder)", placeholder="my_merge",
                                   elem_id="ljl_merge_name")
                 with gr.Row():
-                    subfolder = gr.Dropdown(choices=service.subfolders(), value="", allow_custom_value=True,
-                                            label="sub-folder (optional)", elem_id="ljl_merge_subfolder")
+                    subfolder = gr.Textbox(value="", label="sub-folder (optional)", max_lines=1,
+                                           info=subfolder_info(service.subfolders()), elem_id="ljl_merge_subfolder")
                     overwrite = gr.Checkbox(value=False, label="overwrite an existing file",
                                             elem_id="ljl_merge_overwrite")
                 merge_button = gr.Button("Merge", variant="primary", elem_id="ljl_merge_button")
@@ -141,8 +151,9 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                 with gr.Accordion("advanced: Σ per rank", open=False, elem_id="ljl_merge_advanced_box"):
                     advanced = gr.Textbox(label="Σ vector (overrides the sliders)", placeholder="1*4,0*4",
                                           elem_id="ljl_merge_advanced")
-                tag_lbw = gr.Dropdown(choices=preset_choices, value=None, allow_custom_value=True,
-                                      label="lbw for the tag", elem_id="ljl_merge_tag_lbw")
+                tag_lbw = gr.Textbox(value="", label="lbw for the tag", max_lines=1, elem_id="ljl_merge_tag_lbw",
+                                     info=f"a preset ({', '.join(preset_choices)}) or numbers" if preset_choices
+                                     else "numbers, or a preset of preset.txt")
                 tag = gr.Textbox(label="tag", interactive=False, show_copy_button=True, elem_id="ljl_merge_tag")
                 tag_message = gr.Markdown("", elem_id="ljl_merge_tag_message")
                 with gr.Row(visible=webui):
@@ -172,7 +183,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
 
         def on_refresh():
             labels, subs = callbacks.refresh(service)
-            return [*[gr.update(choices=labels) for _ in pickers], gr.update(choices=subs), gr.update(choices=labels)]
+            return [*[gr.update(choices=labels) for _ in pickers], gr.update(info=subfolder_info(subs)),
+                    gr.update(choices=labels)]
 
         refresh.click(on_refresh, inputs=[], outputs=[*pickers, subfolder, tag_file])
 
@@ -182,7 +194,7 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
         dynamic.change(lambda d: gr.update(visible=bool(d)), inputs=[dynamic], outputs=[energy])
 
         form = {shown, mode, measure, rank, conv_rank, dynamic, energy, dtype, device, name, subfolder, overwrite,
-                *pickers, *weights, *lbws}
+                tag_lbw, *pickers, *weights, *lbws}
         outputs = [status, summary, components, plot, result, *sliders, advanced, tag, tag_message, bake_name,
                    *pickers, subfolder, tag_file]
 
@@ -206,13 +218,14 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
             view = callbacks.merge(service, req, progress=report)
             if not view.ok:
                 return {status: view.status}
+            text, message = callbacks.tag(view.state, [v.value for v in view.sliders], "", values[tag_lbw] or "")
             return {
                 status: view.status, summary: view.summary, components: view.components, plot: view.plot,
                 result: view.state,
                 **{s: gr.update(label=v.label, visible=v.visible, value=v.value) for s, v in zip(sliders, view.sliders)},
-                advanced: "", tag: view.tag, tag_message: "", bake_name: view.bake_name,
+                advanced: "", tag: text, tag_message: message, bake_name: view.bake_name,
                 **{p: gr.update(choices=view.choices) for p in pickers},
-                subfolder: gr.update(choices=view.subfolders),
+                subfolder: gr.update(info=subfolder_info(view.subfolders)),
                 tag_file: gr.update(choices=view.choices, value=view.state["label"]),
             }
 
@@ -226,8 +239,9 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                 # empty dict: gradio 3 reads that as one value for 13 outputs and shows an error.
                 return {tag_message: gr.update()}
             view = callbacks.open_for_tag(service, label)
-            if not view.ok:
-                return {tag_message: view.status}
+            if not view.ok:  # nothing to build on: the tag, sliders and bake must not act on the last file
+                return {tag_message: view.status, result: {}, tag: "", bake_name: "",
+                        **{s: gr.update(visible=False) for s in sliders}}
             text, message = callbacks.tag(view.state, [v.value for v in view.sliders], "", lbw)
             return {result: view.state, tag: text, tag_message: message, bake_name: view.bake_name, advanced: "",
                     **{s: gr.update(label=v.label, visible=v.visible, value=v.value)
