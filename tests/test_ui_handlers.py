@@ -412,3 +412,21 @@ def test_refresh_survives_a_folder_link_that_loops(service, lora_dir):
         pytest.skip("symlinks not available")
     labels = service.refresh()
     assert "a.safetensors" in labels and len(labels) == len(set(labels)) < 10
+
+
+def test_an_output_named_like_a_file_of_another_folder_is_refused(tmp_path, lora_dir):
+    """With a second Lora folder, a merge named like one of its files would take over that file's
+    name in the input lists (an input picked before would then mean the new file)."""
+    out_dir = tmp_path / "out"
+    s = MergeService(LoraLibrary.of(out_dir, lora_dir))
+    for kind in ("merge", "bake"):
+        with pytest.raises(LoraMergeError, match="'a.safetensors' already names .* in another Lora folder"):
+            if kind == "merge":
+                s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="a"))
+            else:
+                s.bake("b.safetensors", "1", "", "a")
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+    first = s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="ab"))
+    again = s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="ab", overwrite=True))
+    assert first.path == again.path  # its own name in the output folder stays usable
+    assert s.library.path_of("a.safetensors") == (lora_dir / "a.safetensors")

@@ -210,6 +210,7 @@ class MergeService:
             raise LoraMergeError(f"dtype '{req.dtype}' is not one of {', '.join(DTYPES)}")
         out = names.output_path(self.library.output_dir, req.name, req.subfolder, overwrite=bool(req.overwrite),
                                 inputs=paths)
+        self._check_label_is_free(out)
         return paths, weights, lbw_list, out
 
     @staticmethod
@@ -254,6 +255,7 @@ class MergeService:
         if (dtype or "").lower() not in DTYPES:
             raise LoraMergeError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
         out = names.output_path(self.library.output_dir, name, subfolder, overwrite=overwrite, inputs=[src])
+        self._check_label_is_free(out)
 
         def work() -> SavedOutcome:
             lora = load_lora(src)
@@ -270,6 +272,14 @@ class MergeService:
         return self.serialize(work)()
 
     # --- helpers -------------------------------------------------------------------------------
+    def _check_label_is_free(self, out: Path) -> None:
+        """Refuse an output whose name already lists a file of another Lora folder: the new file would
+        take that name in the input lists, and an input picked earlier would silently mean it."""
+        label = out.relative_to(self.library.output_dir).as_posix()
+        self.library.refresh()
+        other = self.library.file_of(label)
+        if other is not None and os.path.normcase(str(other.resolve())) != os.path.normcase(str(out.resolve())):
+            raise LoraMergeError(f"'{label}' already names {other} in another Lora folder; choose another name")
     def presets_or_none(self):
         """The lbw presets, or None when the preset file cannot be read (the tab then offers free text only)."""
         try:
