@@ -14,6 +14,7 @@ from lora_merge_ext.ui.names import check_plain_name, output_path, output_stem
     ("a/b", "path separator"),
     ("a\\b", "path separator"),
     ("..", "'..'"),
+    (".", "folder reference"),
     ("x..y", "'..'"),
     ("/etc/passwd", "absolute path"),
     ("\\\\server\\share", "absolute path"),

@@ -28,7 +28,9 @@ def check_plain_name(text: str, what: str = "output name") -> str:
         raise LoraMergeError(f"{what} '{name}' is an absolute path: give a plain file name")
     if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
         raise LoraMergeError(f"{what} '{name}' contains a path separator: give a plain file name")
-    if name in (".", "..") or ".." in name:
+    if name in (".", ".."):
+        raise LoraMergeError(f"{what} '{name}' is a folder reference ('.' or '..'): give a plain file name")
+    if ".." in name:
         raise LoraMergeError(f"{what} '{name}' contains '..': give a plain file name")
     bad = sorted({c for c in name if c in _FORBIDDEN or ord(c) < 32})
     if bad:
