@@ -12,6 +12,7 @@ from .concat_stream import write_concat
 from .devices import resolve_device
 from .errors import LoraMergeError
 from .factor_arena import ALPHA_KEY, DOWN_KEY, UP_KEY
+from .finite_check import find_nonfinite
 from .layout import layout_of
 from .lazy_lora import LazyLora, Unstreamable, open_lazy
 from .lbw import parse_lbw
@@ -146,7 +147,13 @@ def save(lora: LoraFile, path: str | os.PathLike, *, dtype: str = "fp32", overwr
     """Write kohya-format safetensors atomically; never over an input, nor an existing file unless overwrite."""
     target = torch_dtype(dtype)
     path = os.fspath(path)
+    if not lora.modules:
+        raise LoraMergeError(f"{path}: the LoRA has no modules (Σ or lbw switched every one off); nothing to save")
     tensors = state_dict(lora, target)
+    bad = find_nonfinite(tensors)
+    if bad:  # only an overflow gets here: inputs with NaN or Inf are refused when read
+        raise LoraMergeError(f"{path}: values too large for {dtype} in {bad[0].rsplit('.', 2)[0]} "
+                             f"({len(bad)} tensors); save as fp32 or bf16, or use smaller weights")
     digest = save_safetensors_atomic(tensors, dict(lora.metadata), path, overwrite=overwrite,
                                      protect=[*lora.sources, *([lora.path] if lora.path else []), *protect],
                                      hashed=lora.data_hash)

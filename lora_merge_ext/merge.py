@@ -170,6 +170,9 @@ def _add(present, parts, weights, factors, name):
         raise LoraMergeError(f"add mode needs equal ranks; module {name} has ranks {sorted(ranks)} (use concat or svd)")
     summed = [(u, d, weights[k] * lbw_factor(factors[k], name), m.alpha if m.alpha is not None else float(m.rank))
               for (k, m), (u, d, _) in zip(present, parts)]
+    alphas = [a for *_, a in summed]
+    if any(not a > 0 for a in alphas):  # the classic formula takes √(α_k/α_1)
+        raise LoraMergeError(f"add mode needs positive alphas; module {name} has alphas {alphas} (use concat or svd)")
     up, down = add_parts(summed)
     return up, down, summed[0][3]
 

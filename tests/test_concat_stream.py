@@ -175,14 +175,20 @@ def test_nan_input_is_refused_as_load_lora_refuses_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.safetensors", "good.safetensors"]
 
 
-def test_values_too_large_for_fp16_are_written_as_in_memory(tmp_path):
+def test_values_too_large_for_fp16_are_refused_streamed_or_in_memory(tmp_path):
+    """An overflow would write Inf, which no loader (this one included) accepts: the same one-line
+    error either way, and nothing written."""
     a = make_lora(tmp_path / "a.safetensors", "sd15_lora", rank=4, seed=1, keep=SD15_FEW)
     b = make_lora(tmp_path / "b.safetensors", "sd15_lora", rank=4, seed=2, keep=SD15_FEW)
     kw = dict(weights=[1e12, 1.0], dtype="fp16")
-    expected = in_memory([a, b], tmp_path / "m.safetensors", **kw)
-    saved, _ = api.merge_to_file([a, b], tmp_path / "s.safetensors", **kw)
-    assert_same_file(saved.path, expected.path)
-    assert b"\x00\x7c" in split(saved.path)[1]  # fp16 +Inf: the overflow is kept, as merge() keeps it
+    with pytest.raises(LoraMergeError, match="values too large for fp16 in lora_") as memory:
+        in_memory([a, b], tmp_path / "m.safetensors", **kw)
+    with pytest.raises(LoraMergeError, match="values too large for fp16 in lora_") as streamed:
+        api.merge_to_file([a, b], tmp_path / "s.safetensors", **kw)
+    assert str(memory.value).split(": ", 1)[1] == str(streamed.value).split(": ", 1)[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]
+    saved, _ = api.merge_to_file([a, b], tmp_path / "s.safetensors", weights=[1e12, 1.0], dtype="fp32")
+    assert load_lora(saved.path).modules  # fp32 holds it
 
 
 def test_an_input_rewritten_during_the_merge_is_merged_as_it_is_now(tmp_path):

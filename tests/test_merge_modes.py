@@ -108,6 +108,22 @@ def test_add_is_the_classic_factor_sum(tmp_path):
     assert row.error == pytest.approx(err, rel=1e-4) and err > 0.01
 
 
+@pytest.mark.parametrize("alpha", [0.0, -2.0])
+def test_add_refuses_alphas_its_formula_cannot_take(tmp_path, alpha):
+    """√(α2/α1) needs positive alphas: a zero or negative one is a one-line error naming the module
+    (concat and svd merge such files exactly)."""
+    keep = lambda n: "attn1_to_q" in n
+    a = make_lora(tmp_path / "a.safetensors", "sd15_lora", rank=4, alpha=alpha, seed=1, keep=keep)
+    b = make_lora(tmp_path / "b.safetensors", "sd15_lora", rank=4, alpha=2.0, seed=2, keep=keep)
+    for pair in ([a, b], [b, a]):
+        with pytest.raises(LoraMergeError, match="add mode needs positive alphas; module lora_unet_.*attn1_to_q"):
+            api.merge(pair, mode="add")
+    t = target([a, b], [1.0, 1.0])
+    got = merged_deltas(api.merge([a, b], mode="concat"), tmp_path)
+    for name in t:
+        assert torch.allclose(got[name], t[name], rtol=1e-5, atol=1e-7)
+
+
 def _singular_values(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(t.reshape(t.shape[0], -1).float()).double()
 
@@ -212,3 +228,15 @@ def test_cuda_request_without_gpu_says_so(pair):
         pytest.skip("a GPU is present")
     with pytest.raises(LoraMergeError, match="no CUDA GPU"):
         api.merge(list(pair), device="cuda")
+
+
+def test_a_lora_with_no_modules_is_not_saved(pair, tmp_path):
+    """Σ = 0 switches every rank off: realize gives an empty LoRA, which save refuses (no loader reads
+    a LoRA without modules) instead of writing it."""
+    joined = tmp_path / "j.safetensors"
+    api.save(api.merge(list(pair), mode="concat").lora, joined)
+    empty = api.realize(joined, "0")
+    assert not empty.modules
+    with pytest.raises(LoraMergeError, match="no modules"):
+        api.save(empty, tmp_path / "empty.safetensors")
+    assert not (tmp_path / "empty.safetensors").exists()
