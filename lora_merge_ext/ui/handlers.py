@@ -280,6 +280,7 @@ class MergeService:
         other = self.library.file_of(label)
         if other is not None and os.path.normcase(str(other.resolve())) != os.path.normcase(str(out.resolve())):
             raise LoraMergeError(f"'{label}' already names {other} in another Lora folder; choose another name")
+
     def presets_or_none(self):
         """The lbw presets, or None when the preset file cannot be read (the tab then offers free text only)."""
         try:
