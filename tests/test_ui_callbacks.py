@@ -71,6 +71,12 @@ def test_merge_view_shows_file_components_sliders_and_tag(service):
     assert "joined.safetensors" in view.choices
     tag, message = callbacks.tag(view.state, [1.0, 0.0, 1.0], "", "")
     assert (tag, message) == ("<ljl:joined:1,0>", "")
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="j2"),
+                           tag_lbw="OUTS")  # the lbw already set for the tag
+    assert (view.tag, view.tag_message) == ("<ljl:j2:1,1:lbw=OUTS>", "")
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="j3"),
+                           tag_lbw="a:b")
+    assert view.ok and view.tag == "" and "a:b" in view.tag_message
 
 
 def test_svd_view_plots_one_bar_per_module(service):

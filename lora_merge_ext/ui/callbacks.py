@@ -54,6 +54,7 @@ class ResultView:
     state: dict = field(default_factory=dict)
     sliders: list[SliderView] = field(default_factory=list)
     tag: str = ""
+    tag_message: str = ""
     bake_name: str = ""
     choices: list[str] = field(default_factory=list)
     subfolders: list[str] = field(default_factory=list)
@@ -97,8 +98,10 @@ def describe_inputs(service: MergeService, labels: Sequence[str | None]) -> tupl
     return lines, warning
 
 
-def merge(service: MergeService, req: MergeRequest, progress: Callable | None = None) -> ResultView:
-    """Run a merge from the form; on refusal only the status changes."""
+def merge(service: MergeService, req: MergeRequest, progress: Callable | None = None,
+          tag_lbw: str = "") -> ResultView:
+    """Run a merge from the form; on refusal only the status changes.  The new file's tag carries
+    tag_lbw, the lbw already set for the tag."""
     try:
         outcome = service.merge(req, progress=progress)
     except LoraMergeError as exc:
@@ -107,6 +110,7 @@ def merge(service: MergeService, req: MergeRequest, progress: Callable | None = 
         return ResultView(ok=False, status=failure_status("the merge", exc))
     state = result_state(outcome)
     sliders = slider_views(outcome.layout)
+    text, message = tag(state, [s.value for s in sliders], "", tag_lbw)
     return ResultView(
         ok=True,
         status=f"✔ wrote {outcome.label}",
@@ -115,7 +119,8 @@ def merge(service: MergeService, req: MergeRequest, progress: Callable | None = 
         plot=plot_html(outcome),
         state=state,
         sliders=sliders,
-        tag=tag_builder.build_tag(state["name"], outcome.layout, [s.value for s in sliders]),
+        tag=text,
+        tag_message=message,
         bake_name=f"{state['name']}_baked",
         choices=service.library.labels(),
         subfolders=service.subfolders(),

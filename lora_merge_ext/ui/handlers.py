@@ -276,10 +276,10 @@ class MergeService:
         """Refuse an output whose name already lists a file of another Lora folder: the new file would
         take that name in the input lists, and an input picked earlier would silently mean it."""
         label = out.relative_to(self.library.output_dir).as_posix()
-        self.library.refresh()
-        other = self.library.file_of(label)
-        if other is not None and os.path.normcase(str(other.resolve())) != os.path.normcase(str(out.resolve())):
-            raise LoraMergeError(f"'{label}' already names {other} in another Lora folder; choose another name")
+        for root in self.library.folders[1:]:  # the first is the output folder itself
+            other = root / label
+            if other.is_file() and not (out.exists() and os.path.samefile(other, out)):
+                raise LoraMergeError(f"'{label}' already names {other} in another Lora folder; choose another name")
 
     def presets_or_none(self):
         """The lbw presets, or None when the preset file cannot be read (the tab then offers free text only)."""

@@ -62,10 +62,6 @@ class LoraLibrary:
         self._files = files
         return self.labels()
 
-    def file_of(self, label: str) -> Path | None:
-        """The file a label names now (no rescan), or None."""
-        return self._files.get(label)
-
     def labels(self) -> list[str]:
         return sorted(self._files, key=str.lower)
 

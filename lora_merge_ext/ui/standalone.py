@@ -33,27 +33,30 @@ def default_output_dir() -> Path:
     return base / "lora-merge-ext" / "loras"
 
 
-def free_port(host: str, start: int = 7860, tries: int = 100) -> int:
-    """The first port from `start` that nothing listens on."""
-    for port in range(start, start + tries):
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise LoraMergeError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
-
-
-def check_port(host: str, port: int) -> None:
-    """Refuse, before anything is printed or built, a port this host cannot listen on (in use, or a
-    host that is not this machine's)."""
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why this host cannot listen on port (in use, or not this machine's address); None if it can."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise LoraMergeError(f"cannot listen on {host}:{port}: {e.strerror or e} (choose another --port)") from None
+            return e
+    return None
+
+
+def free_port(host: str, start: int = 7860, tries: int = 100) -> int:
+    """The first port from `start` that nothing listens on."""
+    for port in range(start, start + tries):
+        if _bind_error(host, port) is None:
+            return port
+    raise LoraMergeError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, before anything is printed or built, a port this host cannot listen on."""
+    error = _bind_error(host, port)
+    if error is not None:
+        raise LoraMergeError(f"cannot listen on {host}:{port}: {error.strerror or error} (choose another --port)")
 
 
 def _port(text: str) -> int:
@@ -117,8 +120,11 @@ def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         lora_folders = folders(args)
-        port = args.port if args.port is not None else free_port(args.host)
-        check_port(args.host, port)
+        if args.port is None:
+            port = free_port(args.host)
+        else:
+            port = args.port
+            check_port(args.host, port)
     except LoraMergeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

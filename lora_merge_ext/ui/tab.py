@@ -215,15 +215,14 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
             def report(done, total, message):
                 progress(done / max(total, 1), desc=f"merging {done}/{total}: {message}")
 
-            view = callbacks.merge(service, req, progress=report)
+            view = callbacks.merge(service, req, progress=report, tag_lbw=values[tag_lbw] or "")
             if not view.ok:
                 return {status: view.status}
-            text, message = callbacks.tag(view.state, [v.value for v in view.sliders], "", values[tag_lbw] or "")
             return {
                 status: view.status, summary: view.summary, components: view.components, plot: view.plot,
                 result: view.state,
                 **{s: gr.update(label=v.label, visible=v.visible, value=v.value) for s, v in zip(sliders, view.sliders)},
-                advanced: "", tag: text, tag_message: message, bake_name: view.bake_name,
+                advanced: "", tag: view.tag, tag_message: view.tag_message, bake_name: view.bake_name,
                 **{p: gr.update(choices=view.choices) for p in pickers},
                 subfolder: gr.update(info=subfolder_info(view.subfolders)),
                 tag_file: gr.update(choices=view.choices, value=view.state["label"]),
