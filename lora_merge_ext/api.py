@@ -18,8 +18,8 @@ from .lazy_lora import LazyLora, Unstreamable, open_lazy
 from .lbw import parse_lbw
 from .loading import load_lora
 from .lora_file import LoraFile
-from .merge import (MergeResult, canonical_mode, check_inputs, input_lbw_specs, input_weights, join_layout,
-                    joined_modules, merge_loras)
+from .merge import (MergeResult, canonical_mode, check_inputs, check_options, input_lbw_specs, input_weights,
+                    join_layout, joined_modules, merge_loras)
 from .merge_report import MergeReport
 from .output_metadata import output_metadata
 from .realize import realize_lora
@@ -51,6 +51,7 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
     dtype: fp32, fp16 or bf16, what the result will be saved as; the merge computes in float32 and
     keeps each output module in dtype (less memory, and the report measures what is saved)."""
     target = torch_dtype(dtype)
+    check_options(canonical_mode(mode), len(inputs), weights, lbw, rank, conv_rank, energy)
     loras = list(map_in_workers(lambda x: x if isinstance(x, LoraFile) else load_lora(x), inputs, worker_count()))
     names = component_names(loras)
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
@@ -73,6 +74,7 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
     result is never held in memory); anything else is merged in memory, then saved.  The file and
     the report are the same either way."""
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
+    check_options(canonical_mode(mode), len(inputs), weights, lbw, rank, conv_rank, energy)
     plain_concat = canonical_mode(mode) == "concat" and (rank, conv_rank, energy) == (None,) * 3
     if (concat_stream.AVAILABLE and plain_concat and resolve_device(device).type == "cpu"
             and all(isinstance(x, (str, os.PathLike)) for x in inputs)):

@@ -125,8 +125,7 @@ def check_inputs(loras: list, names: list[str], mode: str, weights, lbw, rank, c
     """Refuse what cannot be merged (too few inputs, bad weights or lbw, mixed families, ranks outside
     svd, layers of different shapes, an output too large) before anything is computed."""
     n = len(loras)
-    if n < 2 and mode != "svd":
-        raise LoraMergeError(f"{mode} needs at least two inputs, got {n}")
+    check_options(mode, n, weights, lbw, rank, conv_rank, energy)
     weights = input_weights(weights, n)
     family = _common_family(loras, names)
     factors = _block_weights(lbw, n, family, presets)
@@ -225,7 +224,13 @@ def _block_weights(lbw, n: int, family: str, presets) -> list[dict | None]:
     return [parse_lbw(s, family, presets) if s else None for s in input_lbw_specs(lbw, n)]
 
 
-def _ranks(mode, rank, conv_rank, energy, loras):
+def check_options(mode: str, n: int, weights, lbw, rank, conv_rank, energy) -> None:
+    """Refuse what is wrong whatever the files hold (input count, weights, lbw count, rank options),
+    so that a bad option is reported before any file is read.  mode: canonical."""
+    if n < 2 and mode != "svd":
+        raise LoraMergeError(f"{mode} needs at least two inputs, got {n}")
+    input_weights(weights, n)
+    input_lbw_specs(lbw, n)
     if energy is not None and not (0.0 < float(energy) <= 1.0):
         raise LoraMergeError(f"energy {energy} must be a fraction in (0, 1]")
     for label, value in (("rank", rank), ("conv rank", conv_rank)):
@@ -237,6 +242,11 @@ def _ranks(mode, rank, conv_rank, energy, loras):
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise LoraMergeError(f"{' and '.join(given)} only {verb} to svd merges (mode {mode} keeps every rank)")
+
+
+def _ranks(mode, rank, conv_rank, energy, loras):
+    """The ranks an svd merge aims at (rank defaults to the largest input rank); None outside svd."""
+    if mode != "svd":
         return rank, conv_rank
     if rank is None and energy is None:
         rank = max(lora.max_rank for lora in loras)

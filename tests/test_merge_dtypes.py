@@ -134,3 +134,21 @@ def test_svd_options_outside_svd_are_refused(half_pair, mode, option):
     from lora_merge_ext.errors import LoraMergeError
     with pytest.raises(LoraMergeError, match="only applies to svd merges"):
         api.merge(list(half_pair), mode=mode, **option)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(mode="add", rank=2), "rank only applies to svd merges"),
+    (dict(mode="svd", energy=1.5), r"energy 1.5 must be a fraction in \(0, 1\]"),
+    (dict(mode="svd", rank=0), "rank 0 must be a positive whole number"),
+    (dict(weights=[1, 2, 3]), "got 3 weights for 2 inputs"),
+    (dict(lbw=["ALL", "ALL", "ALL"]), "got 3 lbw specs for 2 inputs"),
+])
+def test_bad_options_are_refused_before_any_file_is_read(tmp_path, options, message):
+    """The inputs do not exist: the option is what is reported (no file read, no hash started)."""
+    from lora_merge_ext.errors import LoraMergeError
+    missing = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    with pytest.raises(LoraMergeError, match=message):
+        api.merge(missing, **options)
+    with pytest.raises(LoraMergeError, match=message):
+        api.merge_to_file(missing, tmp_path / "out.safetensors", **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
