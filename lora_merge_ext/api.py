@@ -59,7 +59,7 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
                          dtype=target)
     provenance = _provenance(mode, names, loras, [l.file_hash() for l in loras], weights, lbw)
     if provenance["mode"] == "svd":
-        provenance.update(rank=rank, conv_rank=conv_rank, energy=energy)
+        provenance.update(rank=result.rank, conv_rank=result.conv_rank, energy=energy)
     result.lora.metadata = output_metadata(result.lora, loras, provenance)
     result.lora.sources = [l.path for l in loras if l.path] + [s for l in loras for s in l.sources]
     return result

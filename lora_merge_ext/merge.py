@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +29,8 @@ Progress = Callable[[int, int, str], None]
 class MergeResult:
     lora: LoraFile
     report: MergeReport
+    rank: int | None = None  # the ranks an svd merge aimed at (its defaults filled in)
+    conv_rank: int | None = None
 
 
 def canonical_mode(mode: str) -> str:
@@ -101,7 +104,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         out.data_hash = arena.sealed_hash()
     if mode == "concat":
         out.metadata.update(join_layout(names, loras))
-    return MergeResult(out, result_report)
+    return MergeResult(out, result_report, rank, conv_rank)
 
 
 @dataclass
@@ -231,10 +234,13 @@ def check_options(mode: str, n: int, weights, lbw, rank, conv_rank, energy) -> N
         raise LoraMergeError(f"{mode} needs at least two inputs, got {n}")
     input_weights(weights, n)
     input_lbw_specs(lbw, n)
+    for label, value in (("rank", rank), ("conv rank", conv_rank), ("energy", energy)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise LoraMergeError(f"{label} {value!r} is not a number")
     if energy is not None and not (0.0 < float(energy) <= 1.0):
         raise LoraMergeError(f"energy {energy} must be a fraction in (0, 1]")
     for label, value in (("rank", rank), ("conv rank", conv_rank)):
-        if value is not None and (int(value) != value or value < 1):
+        if value is not None and (not math.isfinite(value) or int(value) != value or value < 1):
             raise LoraMergeError(f"{label} {value} must be a positive whole number")
     if mode != "svd":
         given = [label for label, value in (("rank", rank), ("conv rank", conv_rank), ("energy", energy))

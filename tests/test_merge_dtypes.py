@@ -152,3 +152,26 @@ def test_bad_options_are_refused_before_any_file_is_read(tmp_path, options, mess
     with pytest.raises(LoraMergeError, match=message):
         api.merge_to_file(missing, tmp_path / "out.safetensors", **options)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(rank=True), "rank True is not a number"),
+    (dict(rank="2"), "rank '2' is not a number"),
+    (dict(conv_rank=float("nan")), "conv rank nan must be a positive whole number"),
+    (dict(energy=True), "energy True is not a number"),
+])
+def test_svd_options_of_the_wrong_type_are_refused(half_pair, options, message):
+    from lora_merge_ext.errors import LoraMergeError
+    with pytest.raises(LoraMergeError, match=message):
+        api.merge(list(half_pair), mode="svd", **options)
+
+
+def test_provenance_records_the_ranks_an_svd_merge_used(half_pair):
+    """Without rank, svd aims at the largest input rank; the provenance says which (not null)."""
+    import json
+    result = api.merge(list(half_pair), mode="svd")
+    provenance = json.loads(result.lora.metadata["ljl_provenance"])
+    largest = max(api.load(p).max_rank for p in half_pair)
+    assert (provenance["rank"], provenance["conv_rank"], provenance["energy"]) == (largest, largest, None)
+    chosen = json.loads(api.merge(list(half_pair), mode="svd", rank=2, conv_rank=1).lora.metadata["ljl_provenance"])
+    assert (chosen["rank"], chosen["conv_rank"]) == (2, 1)

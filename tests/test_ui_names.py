@@ -15,7 +15,6 @@ from lora_merge_ext.ui.names import check_plain_name, output_path, output_stem
     ("a\\b", "path separator"),
     ("..", "'..'"),
     (".", "folder reference"),
-    ("x..y", "'..'"),
     ("/etc/passwd", "absolute path"),
     ("\\\\server\\share", "absolute path"),
     ("C:evil", "absolute path"),
@@ -35,7 +34,7 @@ def test_bad_names_are_refused_with_the_reason(bad, why):
         check_plain_name(bad)
 
 
-@pytest.mark.parametrize("good", ["my_merge", "style 2", "ünïcode-名前", "a.b", "v1.5_mix"])
+@pytest.mark.parametrize("good", ["my_merge", "style 2", "ünïcode-名前", "a.b", "v1.5_mix", "my..merge"])
 def test_plain_names_pass(good):
     assert check_plain_name(good) == good
 
