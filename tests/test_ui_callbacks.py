@@ -172,3 +172,17 @@ def test_any_file_of_the_folders_can_feed_the_tag_builder(service):
     assert plain.ok and plain.tag == "<ljl:face:1>" and sum(s.visible for s in plain.sliders) == 1
     missing = callbacks.open_for_tag(service, "../nope.safetensors")
     assert not missing.ok and "outside the Lora folders" in missing.status
+
+
+def test_the_tag_builder_refuses_an_lbw_the_tag_would_be_skipped_for(service):
+    """An unknown preset or a count that does not fit the file's family would only be found at
+    generation time (the tag skipped); the builder says so at once, as the bake does."""
+    sd1 = callbacks.open_for_tag(service, "style.safetensors").state
+    xl = callbacks.open_for_tag(service, "xl.safetensors").state
+    text, message = callbacks.tag(sd1, [1], "", "NOPE")
+    assert text == "" and "unknown lbw preset 'NOPE'" in message
+    text, message = callbacks.tag(xl, [1], "", ",".join(["1"] * 17))
+    assert text == "" and "SDXL needs 12 or 20" in message
+    assert callbacks.tag(xl, [1], "", ",".join(["1"] * 12)) == ("<ljl:xl:1:lbw=" + ",".join(["1"] * 12) + ">", "")
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="j3"), tag_lbw="NOPE")
+    assert view.ok and view.tag == "" and "unknown lbw preset 'NOPE'" in view.tag_message

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from ..errors import LoraMergeError
 from ..layout import Component, JoinLayout
+from ..lbw import parse_lbw
 from . import tag_builder
 from .handlers import MergeRequest, MergeService, SavedOutcome
 from .input_info import check_families, describe
@@ -63,7 +64,7 @@ class ResultView:
 def result_state(outcome: SavedOutcome) -> dict:
     """The JSON-able state the tab keeps about the last written file (for the tag and the bake)."""
     return {"path": str(outcome.path), "label": outcome.label, "name": tag_builder.tag_name(outcome.path),
-            "layout": outcome.layout.to_metadata()}
+            "layout": outcome.layout.to_metadata(), "family": outcome.family}
 
 
 def state_layout(state: dict | None) -> JoinLayout:
@@ -110,7 +111,7 @@ def merge(service: MergeService, req: MergeRequest, progress: Callable | None = 
         return ResultView(ok=False, status=failure_status("the merge", exc))
     state = result_state(outcome)
     sliders = slider_views(outcome.layout)
-    text, message = tag(state, [s.value for s in sliders], "", tag_lbw)
+    text, message = tag(state, [s.value for s in sliders], "", tag_lbw, service.presets_or_none())
     return ResultView(
         ok=True,
         status=f"✔ wrote {outcome.label}",
@@ -136,7 +137,7 @@ def open_for_tag(service: MergeService, label: str | None) -> ResultView:
         info = describe(path)
         layout = JoinLayout([Component(n, r) for n, r in info.components])
         state = {"path": str(path), "label": label, "name": tag_builder.tag_name(path),
-                 "layout": layout.to_metadata()}
+                 "layout": layout.to_metadata(), "family": info.family}
         sliders = slider_views(layout)
         text = tag_builder.build_tag(state["name"], layout, [v.value for v in sliders])
     except LoraMergeError as exc:  # e.g. a name a tag cannot hold (':' or '>')
@@ -144,13 +145,18 @@ def open_for_tag(service: MergeService, label: str | None) -> ResultView:
     return ResultView(ok=True, status="", state=state, sliders=sliders, tag=text, bake_name=f"{state['name']}_baked")
 
 
-def tag(state: dict | None, sliders: Sequence[float], advanced: str = "", lbw: str = "") -> tuple[str, str]:
-    """(tag text, message): the tag for the current sliders, or '' and why not."""
+def tag(state: dict | None, sliders: Sequence[float], advanced: str = "", lbw: str = "",
+        presets=None) -> tuple[str, str]:
+    """(tag text, message): the tag for the current sliders, or '' and why not (an lbw the tag
+    would be skipped for, such as an unknown preset, included)."""
     if not state:
         return "", ""
     try:
         layout = state_layout(state)
-        return tag_builder.build_tag(state["name"], layout, sliders, advanced or "", lbw or ""), ""
+        text = tag_builder.build_tag(state["name"], layout, sliders, advanced or "", lbw or "")
+        if (lbw or "").strip() and state.get("family"):
+            parse_lbw(lbw.strip(), state["family"], presets)
+        return text, ""
     except LoraMergeError as exc:
         return "", error_status(exc)
 

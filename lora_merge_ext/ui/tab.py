@@ -241,7 +241,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
             if not view.ok:  # nothing to build on: the tag, sliders and bake must not act on the last file
                 return {tag_message: view.status, result: {}, tag: "", bake_name: "",
                         **{s: gr.update(visible=False) for s in sliders}}
-            text, message = callbacks.tag(view.state, [v.value for v in view.sliders], "", lbw)
+            text, message = callbacks.tag(view.state, [v.value for v in view.sliders], "", lbw,
+                                          service.presets_or_none())
             return {result: view.state, tag: text, tag_message: message, bake_name: view.bake_name, advanced: "",
                     **{s: gr.update(label=v.label, visible=v.visible, value=v.value)
                        for s, v in zip(sliders, view.sliders)}}
@@ -250,7 +251,7 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                         outputs=[result, tag, tag_message, bake_name, advanced, *sliders])
 
         def on_tag(state, adv, lbw, *values):
-            text, message = callbacks.tag(state, values, adv, lbw)
+            text, message = callbacks.tag(state, values, adv, lbw, service.presets_or_none())
             return text, message
 
         tag_inputs = [result, advanced, tag_lbw, *sliders]
