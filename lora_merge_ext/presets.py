@@ -18,6 +18,7 @@ from .sigma import show
 DEFAULT_PATH = shipped_path("preset.txt")
 _BAD_NAME_CHARS = frozenset(",=<>")
 _GROUPS = {17: "SD1/SD2", 26: "SD1/SD2", 12: "SDXL", 20: "SDXL"}
+_LOADED: dict[Path, tuple[tuple, "Presets"]] = {}  # path → (stat stamp, presets) of the last read
 
 
 class Presets(dict):
@@ -70,13 +71,22 @@ def parse_presets(text: str) -> Presets:
 
 
 def load_presets(path: str | Path | None = None) -> Presets:
-    """Read a preset file (default: the shipped preset.txt, at the project root in a checkout)."""
+    """Read a preset file (default: the shipped preset.txt, at the project root in a checkout).  The
+    file is parsed again only when it changed since the last call (callers read it at every use, so
+    that an edit applies without a restart); treat the result as read-only."""
     path = Path(path) if path is not None else DEFAULT_PATH
     try:
+        st = path.stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        known = _LOADED.get(path)
+        if known and known[0] == stamp:
+            return known[1]
         data = path.read_bytes()
     except OSError as exc:
         raise LoraMergeError(f"{path}: cannot read the preset file ({exc.strerror or exc})") from None
-    return parse_presets(data.decode("utf-8-sig", errors="replace"))  # -sig: editors on Windows write a BOM
+    presets = parse_presets(data.decode("utf-8-sig", errors="replace"))  # -sig: editors on Windows write a BOM
+    _LOADED[path] = (stamp, presets)
+    return presets
 
 
 def preset_names(presets: dict, family: str | None = None) -> list[str]:

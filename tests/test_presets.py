@@ -140,3 +140,18 @@ def test_sdxl_forms_have_the_same_meaning():
         assert {b for b, v in weights.items() if v == 1.0} == on, name
         assert all(v == 0.0 for b, v in weights.items() if b not in on), name
     assert set(parse_lbw("ALL0.5", "sdxl").values()) == {0.0, 0.5}
+
+
+def test_an_edited_preset_file_is_read_again(tmp_path):
+    """Readers call load_presets at each use: an edit (even one of the same length) applies without a
+    restart, and an unchanged file is not parsed again."""
+    import os
+    path = tmp_path / "p.txt"
+    path.write_text(f"MINE:{ONES17}\n")
+    first = load_presets(path)
+    assert load_presets(path) is first
+    path.write_text(f"MINE:{ONES17.replace('1', '0', 1)}\n")
+    st = path.stat()  # same size; a later mtime even where the clock is coarse
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    edited = load_presets(path)
+    assert edited["MINE"] == ["0" + ONES17[1:]] and first["MINE"] == [ONES17]

@@ -193,7 +193,7 @@ def test_a_failed_save_keeps_a_new_folder_another_merge_is_writing_into(service,
     def merge_b():
         try:
             results["b"] = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], mode="svd", rank=2,
-                                                      name="b", subfolder="shared"), progress=slow)
+                                                      name="svd_b", subfolder="shared"), progress=slow)
         except Exception as exc:  # pragma: no cover - reported below
             results["b"] = exc
 
@@ -209,7 +209,7 @@ def test_a_failed_save_keeps_a_new_folder_another_merge_is_writing_into(service,
         release.set()
         worker.join(60)
     assert not isinstance(results["b"], Exception), results["b"]
-    assert results["b"].path == (lora_dir / "shared" / "b.safetensors").resolve() and results["b"].path.is_file()
+    assert results["b"].path == (lora_dir / "shared" / "svd_b.safetensors").resolve() and results["b"].path.is_file()
 
 
 def test_an_existing_file_is_replaced_only_with_overwrite(service, lora_dir):
@@ -420,7 +420,7 @@ def test_an_output_named_like_a_file_of_another_folder_is_refused(tmp_path, lora
     out_dir = tmp_path / "out"
     s = MergeService(LoraLibrary.of(out_dir, lora_dir))
     for kind in ("merge", "bake"):
-        with pytest.raises(LoraMergeError, match="'a.safetensors' already names .* in another Lora folder"):
+        with pytest.raises(LoraMergeError, match=f"'a' is already the file name of a.safetensors in {lora_dir}"):
             if kind == "merge":
                 s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="a"))
             else:
@@ -430,3 +430,54 @@ def test_an_output_named_like_a_file_of_another_folder_is_refused(tmp_path, lora
     again = s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="ab", overwrite=True))
     assert first.path == again.path  # its own name in the output folder stays usable
     assert s.library.path_of("a.safetensors") == (lora_dir / "a.safetensors")
+
+
+def test_bake_and_merge_read_the_preset_file_as_it_is_now(service, lora_dir, tmp_path, monkeypatch):
+    """A preset added or changed in preset.txt while the tab is open applies at once, as it does for
+    the <ljl> tag at generation time: the baked file matches the tag it was built from."""
+    import os
+    from lora_merge_ext import presets
+    from lora_merge_ext.lbw import parse_lbw
+    preset_file = tmp_path / "preset.txt"
+    preset_file.write_text("OTHER:" + ",".join(["1"] * 17) + "\n")
+    monkeypatch.setattr(presets, "DEFAULT_PATH", preset_file)
+    joined = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="joined", dtype="fp32"))
+    with pytest.raises(LoraMergeError, match="unknown lbw preset 'MINE'"):
+        service.bake(joined.label, "1,1", "MINE", "mine")
+    for values in (["1", "1"] + ["0"] * 15, ["0", "0.5", "2"] + ["1"] * 14):  # IN01/IN02: the files' blocks
+        preset_file.write_text("MINE:" + ",".join(values) + "\n")
+        st = preset_file.stat()
+        os.utime(preset_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        baked = service.bake(joined.label, "1,1", "MINE", "mine", overwrite=True, dtype="fp32")
+        by_name = service.bake(joined.label, "1,1", ",".join(values), "explicit", overwrite=True, dtype="fp32")
+        assert deltas(baked.path).keys() == deltas(by_name.path).keys()
+        for name, delta in deltas(baked.path).items():
+            torch.testing.assert_close(delta, deltas(by_name.path)[name], rtol=0, atol=0)
+    assert parse_lbw("MINE", "sd1", presets.load_presets()) == parse_lbw(",".join(values), "sd1")
+
+
+def test_an_output_name_another_file_answers_to_is_refused(service, lora_dir):
+    """The WebUI files LoRAs by file name whatever the sub-folder, and by alias (ss_output_name): a
+    merge or bake that another file already answers to would hide it, or be hidden, in every tag."""
+    from lora_merge_ext.safetensors_io import read_state_dict
+    from lora_merge_ext.safetensors_write import save_safetensors_atomic
+    (lora_dir / "old").mkdir()
+    make_lora(lora_dir / "old" / "mix.safetensors", rank=2, seed=5, keep=SMALL)
+    tensors, meta = read_state_dict(lora_dir / "b.safetensors")
+    save_safetensors_atomic(tensors, {**meta, "ss_output_name": "style"}, lora_dir / "style_v3_final.safetensors")
+    (lora_dir / "embedding.pt").write_bytes(b"not read: the name is enough")
+    before = sorted(p.relative_to(lora_dir).as_posix() for p in lora_dir.rglob("*"))
+    cases = [("mix", "", "file name of old/mix.safetensors"),       # the new file would be hidden
+             ("a", "merged", "file name of a.safetensors"),         # it would hide a.safetensors
+             ("style", "", "alias of style_v3_final.safetensors"),
+             ("embedding", "new", "file name of embedding.pt")]
+    for name, sub, why in cases:
+        with pytest.raises(LoraMergeError, match=f"'{name}' is already the {why}"):
+            service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name=name, subfolder=sub))
+        with pytest.raises(LoraMergeError, match=f"'{name}' is already the {why}"):
+            service.bake("b.safetensors", "1", "", name, subfolder=sub, overwrite=True)
+    assert sorted(p.relative_to(lora_dir).as_posix() for p in lora_dir.rglob("*")) == before
+    mine = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mine", subfolder="merged"))
+    again = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mine", subfolder="merged",
+                                       overwrite=True))
+    assert mine.path == again.path == lora_dir / "merged" / "mine.safetensors"  # replacing itself is fine

@@ -26,6 +26,7 @@ from ..loading import load_lora
 from ..merge import canonical_mode
 from ..merge_report import MergeReport
 from . import names
+from .host_names import files_answering_to
 from .input_info import InputInfo, check_families, describe, size_text
 from .library import LoraLibrary
 from .output_folders import folder_for_write
@@ -159,7 +160,7 @@ class MergeService:
     def __init__(self, library: LoraLibrary, *, presets=None, serialize: Callable | None = None,
                  on_written: Callable[[Path], None] | None = None):
         self.library = library
-        self.presets = presets
+        self.presets = presets  # None: preset.txt as it is at each use (edits apply without a restart)
         self.serialize = serialize or (lambda fn: fn)
         self.on_written = on_written
 
@@ -210,7 +211,7 @@ class MergeService:
             raise LoraMergeError(f"dtype '{req.dtype}' is not one of {', '.join(DTYPES)}")
         out = names.output_path(self.library.output_dir, req.name, req.subfolder, overwrite=bool(req.overwrite),
                                 inputs=paths)
-        self._check_label_is_free(out)
+        self._check_name_is_free(out)
         return paths, weights, lbw_list, out
 
     @staticmethod
@@ -255,7 +256,7 @@ class MergeService:
         if (dtype or "").lower() not in DTYPES:
             raise LoraMergeError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
         out = names.output_path(self.library.output_dir, name, subfolder, overwrite=overwrite, inputs=[src])
-        self._check_label_is_free(out)
+        self._check_name_is_free(out)
 
         def work() -> SavedOutcome:
             lora = load_lora(src)
@@ -272,14 +273,17 @@ class MergeService:
         return self.serialize(work)()
 
     # --- helpers -------------------------------------------------------------------------------
-    def _check_label_is_free(self, out: Path) -> None:
-        """Refuse an output whose name already lists a file of another Lora folder: the new file would
-        take that name in the input lists, and an input picked earlier would silently mean it."""
-        label = out.relative_to(self.library.output_dir).as_posix()
-        for root in self.library.folders[1:]:  # the first is the output folder itself
-            other = root / label
-            if other.is_file() and not (out.exists() and os.path.samefile(other, out)):
-                raise LoraMergeError(f"'{label}' already names {other} in another Lora folder; choose another name")
+    def _check_name_is_free(self, out: Path) -> None:
+        """Refuse an output name that another file of the Lora folders answers to (its file name, in
+        any sub-folder or folder, or its alias): the WebUI would find only one of the two for both
+        names' tags, and an input picked earlier in the lists could silently mean the new file."""
+        for other, how in files_answering_to(out.stem, self.library.folders):
+            if out.exists() and os.path.samefile(other, out):
+                continue  # the file being replaced
+            root = next((r for r in self.library.folders if r in other.parents), other.parent)
+            raise LoraMergeError(f"'{out.stem}' is already the {how} of {other.relative_to(root).as_posix()} "
+                                 f"in {root} (the WebUI finds a LoRA by file name or alias, whatever its "
+                                 "sub-folder); choose another name")
 
     def presets_or_none(self):
         """The lbw presets, or None when the preset file cannot be read (the tab then offers free text only)."""
@@ -289,10 +293,10 @@ class MergeService:
             return None
 
     def _presets(self):
-        if self.presets is None:
-            from ..presets import load_presets
-            self.presets = load_presets()
-        return self.presets
+        if self.presets is not None:
+            return self.presets
+        from ..presets import load_presets
+        return load_presets()
 
     @contextmanager
     def _writing(self, out: Path, req: MergeRequest, inputs: Sequence[Path]):

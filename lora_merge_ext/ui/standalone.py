@@ -103,9 +103,9 @@ def make_app(lora_folders: list[Path]):
     """(gradio Blocks, MergeService) for the given folders, with the /ljl/v1 routes ready to mount."""
     from .handlers import MergeService
     from .library import LoraLibrary
-    from .tab import _default_presets, build_tab
+    from .tab import build_tab
 
-    service = MergeService(LoraLibrary.of(*lora_folders), presets=_default_presets())
+    service = MergeService(LoraLibrary.of(*lora_folders))
     intro = f"Lora folder: `{service.library.output_dir}`"
     if len(lora_folders) > 1:
         label = "examples" if lora_folders[1] == EXAMPLES_DIR else "also read from"

@@ -280,15 +280,4 @@ def _service(source, presets, serialize, on_written) -> MergeService:
     if isinstance(source, MergeService):
         return source
     library = source if isinstance(source, LoraLibrary) else LoraLibrary.of(*source)
-    if presets is None:
-        presets = _default_presets()
     return MergeService(library, presets=presets, serialize=serialize, on_written=on_written)
-
-
-def _default_presets():
-    from ..errors import LoraMergeError
-    from ..presets import load_presets
-    try:
-        return load_presets()
-    except LoraMergeError:
-        return None

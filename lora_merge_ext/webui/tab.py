@@ -108,9 +108,8 @@ def merge_service():
         if _SERVICE is None:
             from ..ui.handlers import MergeService
             from ..ui.library import LoraLibrary
-            from ..ui.tab import _default_presets
-            _SERVICE = MergeService(LoraLibrary.of(*lora_folders()), presets=_default_presets(),
-                                    serialize=host_serialize, on_written=after_write)
+            _SERVICE = MergeService(LoraLibrary.of(*lora_folders()), serialize=host_serialize,
+                                    on_written=after_write)
         return _SERVICE
 
 
