@@ -171,13 +171,15 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def state_dict(lora: LoraFile, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """kohya tensors: .lora_down.weight / .lora_up.weight in dtype, .alpha kept in float32 (exact)."""
+    """kohya tensors: .lora_down.weight / .lora_up.weight in dtype, .alpha kept in float32 (exact),
+    bundled embeddings as stored."""
     out = {}
     for name, m in lora.modules.items():
         out[DOWN_KEY.format(name)] = m.down.to(dtype).contiguous()
         out[UP_KEY.format(name)] = m.up.to(dtype).contiguous()
         if m.alpha is not None:
             out[ALPHA_KEY.format(name)] = torch.tensor(float(m.alpha), dtype=torch.float32)
+    out.update({key: t.contiguous() for key, t in lora.embeddings.items()})  # bundled embeddings, as stored
     return out
 
 

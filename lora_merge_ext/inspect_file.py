@@ -1,9 +1,10 @@
-"""What `inspect` shows: family, modules, ranks, alpha, join components, hash, metadata."""
+"""What `inspect` shows: family, modules, ranks, alpha, join components, bundled embeddings, hash, metadata."""
 from __future__ import annotations
 
 import os
 from collections import Counter
 
+from .bundled import embedding_names
 from .family import LABELS
 from .layout import METADATA_KEY, layout_of
 from .loading import load_lora
@@ -30,6 +31,7 @@ def describe(path: str) -> dict:
         "ranks": {str(r): n for r, n in sorted(ranks.items())},
         "alphas": {("none" if a is None else f"{a:g}"): n for a, n in alphas.items()},
         "components": [{"name": c.name, "rank": c.rank} for c in layout.components] if layout else None,
+        "bundled_embeddings": embedding_names(lora.embeddings),
         "sha256": digest,
         "shorthash": digest[:12] if digest else None,
         "stored_hash_matches": None if stored is None or digest is None else stored == digest,
@@ -47,6 +49,8 @@ def format_description(info: dict) -> str:
         lines.append("joined from: " + ", ".join(f"{c['name']} (rank {c['rank']})" for c in info["components"]))
         lines.append("Σ: one number, one per component or one per rank (" +
                      str(sum(c["rank"] for c in info["components"])) + " values)")
+    if info["bundled_embeddings"]:
+        lines.append("bundled embeddings: " + ", ".join(info["bundled_embeddings"]))
     if info["sha256"]:
         check = {True: "matches sshs_model_hash", False: "DIFFERS from sshs_model_hash", None: "no stored hash"}
         lines.append(f"sha256 (tensor data): {info['sha256']} [{check[info['stored_hash_matches']]}]")

@@ -21,6 +21,7 @@ import torch
 from . import hash_memo
 from .errors import LoraMergeError
 from .family import detect_family
+from .bundled import is_bundled
 from .loading import alpha_value, check_factor_shapes, group_keys, kohya_name
 from .lora_file import FactorShapes
 from .safetensors_header import TensorInfo, open_input_file, parse_header
@@ -126,6 +127,8 @@ def open_lazy(path: str | os.PathLike) -> LazyLora | None:
 
 def _modules(path: str, parsed, fd: int) -> tuple[str, dict[str, LazyModule]] | None:
     groups = group_keys(parsed.tensors, path)
+    if any(map(is_bundled, parsed.tensors)):
+        return None  # bundled embeddings: load_lora keeps them
     family = detect_family({m: g["down"] for m, g in groups.items() if "down" in g}, parsed.metadata)
     modules: dict[str, LazyModule] = {}
     for raw, roles in groups.items():

@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from .bundled import embedding_names, is_bundled
 from .errors import LoraMergeError
 from .family import detect_family
 from .finite_check import find_nonfinite
@@ -46,10 +47,12 @@ def lora_from_state_dict(tensors: dict[str, torch.Tensor], metadata: dict[str, s
         modules[name] = _module(name, roles, label)
         if _holds_nonfinite(roles, modules[name], bad_ids):
             bad.append(name)
+    embeddings = {k: t for k, t in tensors.items() if is_bundled(k)}
+    bad += [f"bundled embedding {n}" for n in embedding_names(k for k, t in embeddings.items() if id(t) in bad_ids)]
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise LoraMergeError(f"{label}: NaN or Inf values in {', '.join(bad[:3])}{more}")
-    return LoraFile(modules=modules, metadata=dict(metadata), family=family, path=where)
+    return LoraFile(modules=modules, metadata=dict(metadata), family=family, path=where, embeddings=embeddings)
 
 
 def _holds_nonfinite(roles: dict[str, torch.Tensor], module: LoraModule, bad_ids: set[int]) -> bool:
@@ -75,7 +78,7 @@ def group_keys(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[s
         kind = unsupported_type(key)
         if kind:
             raise LoraMergeError(f"{label}: key {key} is a {kind} module; only LoRA and LoCon modules can be merged")
-        if key.startswith("bundle_emb."):
+        if is_bundled(key):
             continue
         parts = split_key(key)
         if parts is None:

@@ -96,6 +96,7 @@ class LoraFile:
     sources: list[str] = field(default_factory=list)  # files this one was made from (never overwritten)
     digest: object = None  # the addnet hash of the bytes read (a DataDigest), when read from safetensors
     data_hash: object = None  # a concat's output hash, worked out while merging (an ArenaHash)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # bundle_emb.* tensors, as stored
 
     def file_hash(self) -> str | None:
         """The sha256 the WebUI shows for the file this was read from (None when not from a file)."""

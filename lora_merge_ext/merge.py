@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .devices import resolve_device
+from .bundled import joined_embeddings
 from .errors import LoraMergeError
 from .factor_arena import FactorArena
 from .factor_math import add_parts, concat_parts, concat_round_off, relative_error, stacked, svd_parts
@@ -99,7 +100,8 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         raise
 
     result_report = MergeReport(mode, measured=measure, rows=[merged[name][1] for name in order])
-    out = LoraFile(modules={name: merged[name][0] for name in order}, metadata={}, family=family)
+    out = LoraFile(modules={name: merged[name][0] for name in order}, metadata={}, family=family,
+                   embeddings=plan.embeddings)
     if arena:
         out.data_hash = arena.sealed_hash()
     if mode == "concat":
@@ -117,6 +119,7 @@ class MergePlan:
     rank: int | None
     conv_rank: int | None
     order: list[str]
+    embeddings: dict = field(default_factory=dict)  # the inputs' bundled embeddings, for the output
 
     def coefficient(self, k: int, name: str, module) -> float:
         """The factor input k's module (named name) contributes with: weight · block weight · alpha/rank."""
@@ -135,7 +138,7 @@ def check_inputs(loras: list, names: list[str], mode: str, weights, lbw, rank, c
     rank, conv_rank = _ranks(mode, rank, conv_rank, energy, loras)
     order = _module_order(loras, names)
     _check_output_size(mode, order, loras, rank, conv_rank)
-    return MergePlan(weights, factors, family, rank, conv_rank, order)
+    return MergePlan(weights, factors, family, rank, conv_rank, order, joined_embeddings(loras, names))
 
 
 def join_layout(names: list[str], loras: list) -> dict[str, str]:

@@ -34,5 +34,5 @@ def realize_lora(lora: LoraFile, layout: JoinLayout, per_rank: list[float], bloc
         up = module.up.float()[:, keep] * (root * c.sign()).reshape(1, -1, *([1] * (module.up.dim() - 2)))
         down = module.down.float()[keep] * root.reshape(-1, *([1] * (module.down.dim() - 1)))
         modules[name] = LoraModule(name, down.contiguous(), up.contiguous(), float(len(keep)))
-    return LoraFile(modules=modules, metadata={}, family=lora.family)
+    return LoraFile(modules=modules, metadata={}, family=lora.family, embeddings=dict(lora.embeddings))
 
