@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from . import hash_memo
+from .bundled import is_bundled
 from .errors import LoraMergeError
 from .family import detect_family
-from .bundled import is_bundled
 from .loading import alpha_value, check_factor_shapes, group_keys, kohya_name
 from .lora_file import FactorShapes
 from .safetensors_header import TensorInfo, open_input_file, parse_header

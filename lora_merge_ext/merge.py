@@ -8,8 +8,8 @@ from typing import Callable
 
 import torch
 
-from .devices import resolve_device
 from .bundled import joined_embeddings
+from .devices import resolve_device
 from .errors import LoraMergeError
 from .factor_arena import FactorArena
 from .factor_math import add_parts, concat_parts, concat_round_off, relative_error, stacked, svd_parts

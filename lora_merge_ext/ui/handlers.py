@@ -278,7 +278,7 @@ class MergeService:
         any sub-folder or folder, or its alias): the WebUI would find only one of the two for both
         names' tags, and an input picked earlier in the lists could silently mean the new file."""
         for other, how in files_answering_to(out.stem, self.library.folders):
-            if out.exists() and os.path.samefile(other, out):
+            if names.same_file(other, out):
                 continue  # the file being replaced
             root = next((r for r in self.library.folders if r in other.parents), other.parent)
             raise LoraMergeError(f"'{out.stem}' is already the {how} of {other.relative_to(root).as_posix()} "

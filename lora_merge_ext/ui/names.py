@@ -73,7 +73,7 @@ def output_path(lora_dir: str | os.PathLike, name: str, subfolder: str = "", *, 
         if path.resolve().parent != folder.resolve() or root not in path.resolve().parents:
             raise LoraMergeError(f"output '{path}' is not inside the Lora folder {root}")
         for item in inputs:
-            if _same_file(path, Path(item)):
+            if same_file(path, Path(item)):
                 raise LoraMergeError(f"output '{path.name}' is one of the inputs: choose another name")
         if path.exists() and not overwrite:
             raise LoraMergeError(f"output '{_shown(root, path)}' already exists: tick overwrite or choose another name")
@@ -82,7 +82,8 @@ def output_path(lora_dir: str | os.PathLike, name: str, subfolder: str = "", *, 
     return path
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """True when a and b are one file (or, where either is missing, one path once resolved)."""
     try:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
