@@ -154,8 +154,9 @@ def save(lora: LoraFile, path: str | os.PathLike, *, dtype: str = "fp32", overwr
     tensors = state_dict(lora, target)
     bad = find_nonfinite(tensors)
     if bad:  # only an overflow gets here: inputs with NaN or Inf are refused when read
+        hint = "save as fp32 or bf16, or use smaller weights" if target == torch.float16 else "use smaller weights"
         raise LoraMergeError(f"{path}: values too large for {dtype} in {bad[0].rsplit('.', 2)[0]} "
-                             f"({len(bad)} tensors); save as fp32 or bf16, or use smaller weights")
+                             f"({len(bad)} tensors); {hint}")
     digest = save_safetensors_atomic(tensors, dict(lora.metadata), path, overwrite=overwrite,
                                      protect=[*lora.sources, *([lora.path] if lora.path else []), *protect],
                                      hashed=lora.data_hash)
@@ -184,10 +185,12 @@ def state_dict(lora: LoraFile, dtype: torch.dtype = torch.float32) -> dict[str, 
 
 
 def component_names(loras: list[LoraFile]) -> list[str]:
-    """Unique component names from the file names (a, b, a_2 …)."""
+    """Unique component names from the file names (a, b, a_2 …), with the characters a Σ vector or a
+    tag uses (, = : < > *) replaced by _, so that each can be picked as NAME=value."""
     names: list[str] = []
     for k, lora in enumerate(loras):
         base = os.path.splitext(os.path.basename(lora.path))[0] if lora.path else f"input{k + 1}"
+        base = base.translate(str.maketrans(",=:<>*", "______"))
         name, i = base, 2
         while name in names:
             name, i = f"{base}_{i}", i + 1

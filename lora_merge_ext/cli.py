@@ -181,3 +181,5 @@ def main(argv: list[str] | None = None) -> int:
         _progress.end_line()
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (`… | head -1`): the reader has what it wanted
+        return 0

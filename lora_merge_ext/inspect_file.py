@@ -19,7 +19,7 @@ def describe(path: str) -> dict:
     ranks = Counter(m.rank for m in lora.modules.values())
     alphas = Counter(m.alpha for m in lora.modules.values())
     layout = layout_of(lora) if METADATA_KEY in lora.metadata else None
-    digest = tensor_data_sha256(path) if path.endswith(".safetensors") else None
+    digest = tensor_data_sha256(path) if path.lower().endswith(".safetensors") else None
     stored = lora.metadata.get("sshs_model_hash")
     return {
         "file": os.path.basename(path),

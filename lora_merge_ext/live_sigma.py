@@ -6,6 +6,8 @@ m·f·s·up(diag(v)·down(x)), so changing Σ only rewrites a small vector per l
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -35,12 +37,15 @@ class LiveLora:
             raise LoraMergeError(f"{len(missing)} LoRA modules have no layer in the model, e.g. {missing[0]}")
         self.unmatched = missing
         self.coefficients: dict[str, torch.Tensor] = {}
+        self._model, self._removed = model, False
         self.set_sigma(sigma)
         self._hooks = [layer.register_forward_hook(self._hook(name)) for name, layer in self.layers.items()]
 
     def set_sigma(self, sigma) -> None:
         """Σ as text (DESIGN §4 syntax), a number, or a list/tensor read like the same numbers written
         as text (one value: uniform; one per component; one per rank)."""
+        if self._removed:
+            raise LoraMergeError("this LoRA was removed from the model; apply it again with apply_lora")
         if not isinstance(sigma, (str, int, float, list, tuple)):  # a tensor or an array
             try:
                 sigma = [float(v) for v in torch.as_tensor(sigma).detach().flatten()]
@@ -53,9 +58,12 @@ class LiveLora:
                                                           self.te, self.unet)
 
     def remove(self) -> None:
+        """Take the LoRA off the model (set_lora_diag on the model then says none is applied)."""
         for h in self._hooks:
             h.remove()
-        self._hooks = []
+        self._hooks, self._removed = [], True
+        if getattr(self._model, HANDLE_ATTRIBUTE, None) is self:
+            delattr(self._model, HANDLE_ATTRIBUTE)
 
     def _hook(self, name: str):
         module = self.lora.modules[name]
@@ -74,13 +82,21 @@ class LiveLora:
 
 
 def _match_layers(model: torch.nn.Module, lora: LoraFile) -> dict[str, torch.nn.Module]:
+    """LoRA module name → the layer it applies to: the first module named like the layer (after a
+    prefix) whose weight shape fits it (an SDXL file's lora_te1_ and lora_te2_ modules share names;
+    one fits each text encoder).  A layer that modules are named for but none fits is refused."""
     by_name = {}
     for path, layer in model.named_modules():
         if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) and path:
-            flat = path.replace(".", "_")
-            for prefix in PREFIXES:
-                if prefix + flat in lora.modules:
-                    by_name[prefix + flat] = layer
+            flat, shape = path.replace(".", "_"), tuple(layer.weight.shape)
+            named = [prefix + flat for prefix in PREFIXES if prefix + flat in lora.modules]
+            fits = [n for n in named
+                    if (lora.modules[n].out_features, lora.modules[n].flat_in) == (shape[0], math.prod(shape[1:]))]
+            if fits:
+                by_name[fits[0]] = layer
+            elif named:
+                raise LoraMergeError(f"LoRA module {named[0]} changes a {tuple(lora.modules[named[0]].weight_shape)} "
+                                     f"weight, but layer {path} has {shape} (a LoRA for another model family?)")
     return by_name
 
 

@@ -67,6 +67,8 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
         first = present[0][1]
         joined = mode == "concat" or (mode == "add" and len(present) == 1)  # carried over exactly
         stack = stacked(parts) if mode == "svd" or (measure and not joined) else None
+        if stack is not None and not all(bool(torch.isfinite(x).all()) for x in stack):
+            raise LoraMergeError(f"module {name}: the weighted factors overflow float32; use smaller weights")
         if joined:
             up, down = concat_parts(parts, dtype, arena.factors(name) if arena else None)
             alpha = float(up.shape[1])
@@ -74,7 +76,11 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
                 arena.mark_filled(name)
         elif mode == "svd":
             target = conv_rank if first.kernel != (1, 1) else rank
-            up, down = svd_parts(parts, target, energy, stack)
+            try:
+                up, down = svd_parts(parts, target, energy, stack)
+            except torch.linalg.LinAlgError:  # an overflow inside the factorisation
+                raise LoraMergeError(f"module {name}: the SVD failed on values too large for float32; "
+                                     "use smaller weights") from None
             alpha = float(up.shape[1])
         else:
             up, down, alpha = _add(present, parts, weights, factors, name)

@@ -119,3 +119,21 @@ def test_an_error_during_the_merge_starts_a_line_of_its_own(files):
     assert "merging: 1/" in r.stderr  # the first module was merged before the refusal
     assert r.stderr.endswith("\n") and r.stderr.split("\n")[-2].startswith("error: add mode needs equal ranks")
     assert sorted(os.listdir(d)) == before
+
+
+def test_a_reader_that_stops_early_is_not_an_error(files):
+    """`inspect … | head -1`: no BrokenPipeError traceback, status 0."""
+    _, a, _ = files
+    proc = subprocess.Popen([sys.executable, "-m", "lora_merge_ext", "inspect", str(a)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it writes anything
+    assert proc.wait(timeout=300) == 0
+    assert proc.stderr.read() == b""
+
+
+def test_inspect_checks_the_hash_of_an_upper_case_extension(files, tmp_path):
+    _, a, b = files
+    out = tmp_path / "z.SAFETENSORS"
+    assert run("merge", a, b, "-o", out, "--quiet").returncode == 0
+    r = run("inspect", out)
+    assert r.returncode == 0 and "[matches sshs_model_hash]" in r.stdout

@@ -240,3 +240,46 @@ def test_a_lora_with_no_modules_is_not_saved(pair, tmp_path):
     with pytest.raises(LoraMergeError, match="no modules"):
         api.save(empty, tmp_path / "empty.safetensors")
     assert not (tmp_path / "empty.safetensors").exists()
+
+
+def test_weights_that_overflow_float32_are_a_one_line_error(pair):
+    """Before: svd raised torch's LinAlgError (a traceback); the weighted factors are checked first."""
+    a, _ = pair
+    for mode in ("svd", "add"):
+        with pytest.raises(LoraMergeError, match="the weighted factors overflow float32; use smaller weights"):
+            api.merge([a, a], mode=mode, weights=[1e300, 1e300])
+    with pytest.raises(LoraMergeError, match="the SVD failed on values too large for float32; use smaller weights"):
+        api.merge([a, a], mode="svd", weights=[1e38, 1e38])  # finite factors, an overflow inside the QR
+
+
+def test_an_fp32_overflow_does_not_suggest_saving_as_fp32(pair, tmp_path):
+    a, _ = pair
+    result = api.merge([a, a], mode="add", weights=[1e300, 1e300], report=False)
+    with pytest.raises(LoraMergeError, match=r"values too large for fp32 in .*\); use smaller weights$"):
+        api.save(result.lora, tmp_path / "big.safetensors")
+    with pytest.raises(LoraMergeError, match="save as fp32 or bf16, or use smaller weights"):
+        api.save(api.merge([a, a], mode="add", weights=[1e5, 1e5], report=False).lora, tmp_path / "h.safetensors",
+                 dtype="fp16")
+
+
+def test_inputs_that_cancel_are_named_in_the_report_not_hidden(pair):
+    """T = 0 (w·ΔW − w·ΔW): the svd result is round-off, its relative error infinite; the summary says
+    so instead of a mean of 0."""
+    a, _ = pair
+    report = api.merge([a, a], mode="svd", weights=[1, -1]).report
+    s = report.summary()
+    assert s["cancelled"] > 0 and s["max_error"] == float("inf")
+    assert "where the weighted inputs cancel to 0" in report.format()
+
+
+def test_component_names_avoid_the_characters_of_the_sigma_syntax(pair, tmp_path):
+    """A file named style,v2 becomes component style_v2, which a Σ vector can name."""
+    import shutil
+    a, b = pair
+    odd = tmp_path / "style,v2=x.safetensors"
+    shutil.copy(b, odd)
+    result = api.merge([a, odd])
+    from lora_merge_ext.layout import layout_of
+    assert [c.name for c in layout_of(result.lora).components] == ["a", "style_v2_x"]
+    only_b = api.realize(result.lora, "style_v2_x=1")
+    assert only_b.modules and all(m.rank == api.load(b).modules[n].rank for n, m in only_b.modules.items())

@@ -193,3 +193,50 @@ def test_live_lbw_numbers_do_not_need_the_preset_file(joined, monkeypatch, tmp_p
     with pytest.raises(LoraMergeError, match="cannot read the preset file"):
         apply_lora(model, lora, "1,0", lbw="MIDD")             # a name does need it, and says so
     live.remove()
+
+
+class TinyClip(torch.nn.Module):
+    """One CLIP attention projection, named as kohya names text-encoder layers (text_model.…)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.text_model = torch.nn.Module()
+        self.text_model.encoder = torch.nn.Module()
+        layer = torch.nn.Module()
+        layer.self_attn = torch.nn.Module()
+        layer.self_attn.q_proj = torch.nn.Linear(width, width, bias=False)
+        self.text_model.encoder.layers = torch.nn.ModuleList([layer])
+
+    def forward(self, x):
+        return self.text_model.encoder.layers[0].self_attn.q_proj(x)
+
+
+def test_live_sigma_on_an_sdxl_text_encoder_takes_the_module_that_fits(tmp_path):
+    """lora_te1_… (CLIP-L, 768) and lora_te2_… (OpenCLIP-G, 1280) share the layer's name; each text
+    encoder gets the one of its width, and a layer of neither width is refused, not broken at forward."""
+    path = make_lora(tmp_path / "xl.safetensors", "sdxl_lora", rank=2, seed=3,
+                     keep=lambda n: n.endswith("encoder_layers_0_self_attn_q_proj"))
+    lora = api.load(path)
+    assert {n for n in lora.modules} == {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
+                                         "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"}
+    for width, prefix in ((768, "lora_te1_"), (1280, "lora_te2_")):
+        model = TinyClip(width)
+        x = torch.randn(3, width)
+        plain = model(x)
+        live = apply_lora(model, lora, "1")
+        assert list(live.layers) == [prefix + "text_model_encoder_layers_0_self_attn_q_proj"]
+        delta = lora.modules[prefix + "text_model_encoder_layers_0_self_attn_q_proj"].delta()
+        torch.testing.assert_close(model(x), plain + x @ delta.T, rtol=1e-4, atol=1e-5)
+    with pytest.raises(LoraMergeError, match=r"changes a \(768, 768\) weight, but layer .*q_proj has \(320, 320\)"):
+        apply_lora(TinyClip(320), lora, "1")
+
+
+def test_a_removed_lora_cannot_be_changed_any_more(joined):
+    _, _, j = joined
+    model = TinyUNet()
+    live = apply_lora(model, api.load(j), "1,0")
+    live.remove()
+    with pytest.raises(LoraMergeError, match="no LoRA was applied"):
+        set_lora_diag(model, "0")
+    with pytest.raises(LoraMergeError, match="was removed"):
+        set_lora_diag(live, "0")
