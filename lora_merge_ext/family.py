@@ -1,12 +1,17 @@
 """Which model family (sd1, sd2, sdxl) a LoRA was trained for, from shapes, keys and metadata."""
 from __future__ import annotations
 
+import re
+
 import torch
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 CROSS_ATTENTION_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 TEXT_ENCODER_WIDTH = {768: "sd1", 1024: "sd2"}
 LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+# UNet parts only SDXL has, in diffusers names: more than one transformer block per attention, and
+# attention in the first up block (SD1/SD2: one block each; their first up block has none)
+SDXL_ONLY_UNET = re.compile(r"^lora_unet_(?:\w*_transformer_blocks_[1-9]|up_blocks_0_attentions_)")
 
 
 def family_from_metadata(metadata: dict[str, str]) -> str | None:
@@ -21,7 +26,8 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
 
 
 def detect_family(downs: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """Family from the down factors (module → tensor) first, metadata second, names last."""
+    """Family from the down factors (module → tensor) first, then UNet parts only SDXL has, then
+    metadata, then SGM names."""
     for module, down in downs.items():
         if module.endswith(("attn2_to_k", "attn2_to_v")):
             found = CROSS_ATTENTION_WIDTH.get(int(down.shape[1]))
@@ -34,6 +40,8 @@ def detect_family(downs: dict[str, torch.Tensor], metadata: dict[str, str]) -> s
             found = TEXT_ENCODER_WIDTH.get(int(down.shape[1]))
             if found:
                 return found
+    if any(SDXL_ONLY_UNET.match(m) for m in downs):
+        return "sdxl"
     from_meta = family_from_metadata(metadata)
     if from_meta:
         return from_meta

@@ -1,4 +1,6 @@
 """concat / add / svd against ΔW computed independently from the raw files."""
+import json
+
 import pytest
 import torch
 
@@ -283,3 +285,25 @@ def test_component_names_avoid_the_characters_of_the_sigma_syntax(pair, tmp_path
     assert [c.name for c in layout_of(result.lora).components] == ["a", "style_v2_x"]
     only_b = api.realize(result.lora, "style_v2_x=1")
     assert only_b.modules and all(m.rank == api.load(b).modules[n].rank for n, m in only_b.modules.items())
+
+
+@pytest.mark.parametrize("peft", [True, False])
+def test_an_sdxl_unet_file_in_diffusers_names_without_cross_attention_is_sdxl(tmp_path, peft):
+    """No attn2 to_k/to_v to measure and no metadata: the second transformer block, or attention in the
+    first up block, exists only in SDXL's UNet.  The names map to SGM, so the file merges with kohya's."""
+    from lora_factory import to_peft
+    keep = lambda n: "input_blocks_7_1_transformer_blocks_1_attn1" in n or "output_blocks_2_1_transformer_blocks_0_ff" in n  # noqa: E731
+    kohya = write_lora(tmp_path / "k.safetensors", make_tensors("sdxl_lora", rank=2, seed=5, keep=keep), "sdxl")
+    converted = to_peft(make_tensors("sdxl_lora", rank=2, seed=6, keep=keep), "sdxl")
+    if not peft:  # kohya keys with diffusers module names: lora_unet_down_blocks_2_….lora_down.weight
+        roles = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}
+        converted = {"lora_unet_" + module.replace(".", "_") + "." + roles[role]: v
+                     for (module, _, role), v in ((k.removeprefix("unet.").partition(".lora_"), v)
+                                                  for k, v in converted.items())}
+    assert not any("attn2" in k or "input_blocks" in k for k in converted)
+    other = write_lora(tmp_path / "d.safetensors", converted, None)
+    lora = api.load(other)
+    assert lora.family == "sdxl" and set(lora.modules) == set(api.load(kohya).modules)
+    result = api.merge([kohya, other], lbw=",".join(["1"] * 12))  # an SDXL lbw fits it
+    assert json.loads(result.lora.metadata["ljl_provenance"])["mode"] == "concat"
+    assert result.lora.metadata["ss_base_model_version"].startswith("sdxl")
