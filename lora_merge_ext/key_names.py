@@ -17,6 +17,12 @@ PEFT_SUFFIXES = {
     "lora_linear_layer.down.weight": "down", "lora_linear_layer.up.weight": "up", "alpha": "alpha",
 }
 PEFT_PREFIXES = {"unet.": "lora_unet_", "text_encoder_2.": "lora_te2_", "text_encoder.": "lora_te_"}
+# a model's own state-dict paths, as `get_peft_model_state_dict(unet)` or (text encoder) writes them
+BARE_ROOTS = {**{root: "lora_unet_" for root in ("down_blocks.", "up_blocks.", "mid_block.", "conv_in.", "conv_out.",
+                                                "time_embedding.", "add_embedding.")},
+              "text_model.": "lora_te_"}
+_ADAPTER_NAME = re.compile(r"\.lora_([AB])\.[^.]+\.weight$")  # PEFT's lora_A.<adapter>.weight
+_OLD_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")  # diffusers < 0.21
 
 # key segments of LoRA types this tool does not merge, named for the error message
 UNSUPPORTED_TYPES = {
@@ -50,13 +56,14 @@ def split_key(key: str) -> tuple[str, str, str] | None:
         module, _, suffix = key.partition(".")
         role = KOHYA_SUFFIXES.get(suffix)
         return (module, role, "kohya") if role else None
-    for prefix, kohya in PEFT_PREFIXES.items():
+    key = _ADAPTER_NAME.sub(r".lora_\1.weight", key)
+    key = _OLD_PROCESSOR.sub(lambda m: f".{m[1]}{'.0' if m[1] == 'to_out' else ''}.lora.{m[2]}.weight", key)
+    for prefix, kohya in [*PEFT_PREFIXES.items(), *BARE_ROOTS.items()]:
         if key.startswith(prefix):
+            start = len(prefix) if prefix in PEFT_PREFIXES else 0
             for suffix, role in PEFT_SUFFIXES.items():
                 if key.endswith("." + suffix):
-                    path = key[len(prefix):-len(suffix) - 1]
-                    path = path.replace(".processor.", ".")
-                    return kohya + path.replace(".", "_"), role, "peft"
+                    return kohya + key[start:-len(suffix) - 1].replace(".", "_"), role, "peft"
             return None
     return None
 

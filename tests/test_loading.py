@@ -54,6 +54,41 @@ def test_peft_sd1_keys_are_kohya_modules(tmp_path):
         assert torch.allclose(p.modules[n].delta(), k.modules[n].delta(), rtol=1e-5, atol=1e-7), n
 
 
+@pytest.mark.parametrize("form", ["bare", "base_model", "adapter_name"])
+def test_other_peft_key_forms_are_the_same_modules(tmp_path, form):
+    """get_peft_model_state_dict(unet) writes no unet. prefix; a PeftModel's state dict adds
+    base_model.model.; a named adapter writes lora_A.<adapter>.weight."""
+    kohya = make_tensors("sd15_lora", rank=4, alpha=2.0, seed=4, keep=KEEP)
+    k = api.load(write_lora(tmp_path / "k.safetensors", kohya))
+    peft = to_peft(kohya, "sd1")
+    forms = {"bare": lambda key: key.removeprefix("unet.").removeprefix("text_encoder."),
+             "base_model": lambda key: "base_model.model." + key.removeprefix("unet.").removeprefix("text_encoder."),
+             "adapter_name": lambda key: key.replace(".lora_A.weight", ".lora_A.default.weight")
+                                            .replace(".lora_B.weight", ".lora_B.default.weight")}
+    p = api.load(write_lora(tmp_path / "p.safetensors", {forms[form](key): t for key, t in peft.items()}, None))
+    assert set(p.modules) == set(k.modules)
+    for n in k.modules:
+        assert torch.allclose(p.modules[n].delta(), k.modules[n].delta(), rtol=1e-5, atol=1e-7), n
+
+
+def test_old_diffusers_attention_processor_keys(tmp_path):
+    """diffusers before 0.21 saved attention LoRAs as ….attn1.processor.to_k_lora.down.weight."""
+    kohya = make_tensors("sd15_lora", rank=4, alpha=None, seed=4,
+                         keep=lambda n: "down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_" in n)
+    assert any("to_out_0" in n for n in kohya)
+    old = {}
+    for key, t in to_peft(kohya, "sd1").items():
+        module, role = key.rsplit(".lora_", 1)
+        attn, layer = module.rsplit(".attn1.", 1)
+        layer = layer.removesuffix(".0")
+        old[f"{attn}.attn1.processor.{layer}_lora.{'down' if role == 'A.weight' else 'up'}.weight"] = t
+    p = api.load(write_lora(tmp_path / "old.safetensors", old, None))
+    k = api.load(write_lora(tmp_path / "k.safetensors", kohya))
+    assert set(p.modules) == set(k.modules)
+    for n in k.modules:
+        assert torch.allclose(p.modules[n].delta(), k.modules[n].delta(), rtol=1e-5, atol=1e-7), n
+
+
 def test_sdxl_detection_and_names(tmp_path):
     keep = lambda n: "layers_0_self_attn_q" in n or "input_blocks_8_1_transformer_blocks_0_attn2" in n
     lora = api.load(write_lora(tmp_path / "x.safetensors", make_tensors("sdxl_lora", keep=keep), None))
