@@ -51,6 +51,7 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
     dtype: fp32, fp16 or bf16, what the result will be saved as; the merge computes in float32 and
     keeps each output module in dtype (less memory, and the report measures what is saved)."""
     target = torch_dtype(dtype)
+    inputs = list(inputs)
     check_options(canonical_mode(mode), len(inputs), weights, lbw, rank, conv_rank, energy)
     loras = list(map_in_workers(lambda x: x if isinstance(x, LoraFile) else load_lora(x), inputs, worker_count()))
     names = component_names(loras)
@@ -73,6 +74,7 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
     the file where the OS offers positioned reads and writes (see concat_stream: faster, and the
     result is never held in memory); anything else is merged in memory, then saved.  The file and
     the report are the same either way."""
+    inputs = list(inputs)
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
     check_options(canonical_mode(mode), len(inputs), weights, lbw, rank, conv_rank, energy)
     plain_concat = canonical_mode(mode) == "concat" and (rank, conv_rank, energy) == (None,) * 3
