@@ -12,7 +12,8 @@ from lora_merge_ext import api
 from lora_merge_ext.errors import LoraMergeError
 from lora_merge_ext.inspect_file import describe, format_description
 
-KEEP = lambda name: "down_blocks_0_attentions_0" in name or name.startswith("lora_te_text_model_encoder_layers_0_")  # noqa: E731
+def KEEP(name):
+    return "down_blocks_0_attentions_0" in name or name.startswith("lora_te_text_model_encoder_layers_0_")
 EMB = "bundle_emb.mychar.string_to_param.*"
 OTHER = "bundle_emb.otherchar.string_to_param.*"
 

@@ -292,7 +292,8 @@ def test_an_sdxl_unet_file_in_diffusers_names_without_cross_attention_is_sdxl(tm
     """No attn2 to_k/to_v to measure and no metadata: the second transformer block, or attention in the
     first up block, exists only in SDXL's UNet.  The names map to SGM, so the file merges with kohya's."""
     from lora_factory import to_peft
-    keep = lambda n: "input_blocks_7_1_transformer_blocks_1_attn1" in n or "output_blocks_2_1_transformer_blocks_0_ff" in n  # noqa: E731
+    def keep(n):
+        return "input_blocks_7_1_transformer_blocks_1_attn1" in n or "output_blocks_2_1_transformer_blocks_0_ff" in n
     kohya = write_lora(tmp_path / "k.safetensors", make_tensors("sdxl_lora", rank=2, seed=5, keep=keep), "sdxl")
     converted = to_peft(make_tensors("sdxl_lora", rank=2, seed=6, keep=keep), "sdxl")
     if not peft:  # kohya keys with diffusers module names: lora_unet_down_blocks_2_….lora_down.weight

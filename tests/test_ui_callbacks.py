@@ -184,5 +184,6 @@ def test_the_tag_builder_refuses_an_lbw_the_tag_would_be_skipped_for(service):
     text, message = callbacks.tag(xl, [1], "", ",".join(["1"] * 17))
     assert text == "" and "SDXL needs 12 or 20" in message
     assert callbacks.tag(xl, [1], "", ",".join(["1"] * 12)) == ("<ljl:xl:1:lbw=" + ",".join(["1"] * 12) + ">", "")
-    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="j3"), tag_lbw="NOPE")
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="j3"),
+                           tag_lbw="NOPE")
     assert view.ok and view.tag == "" and "unknown lbw preset 'NOPE'" in view.tag_message
