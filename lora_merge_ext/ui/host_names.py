@@ -4,14 +4,12 @@ answer to one name hide each other from `<lora:…>` and `<ljl:…>` tags.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from ..errors import LoraMergeError
-from ..safetensors_header import read_header
-
 HOST_EXTENSIONS = (".safetensors", ".pt", ".ckpt")  # what the WebUI lists as LoRAs
-_ALIASES: dict[Path, tuple[tuple, str | None]] = {}  # path → (stat stamp, alias) of the last read
+MAX_HEADER_BYTES = 100 * 2**20
 
 
 def files_answering_to(name: str, folders: list[Path]) -> list[tuple[Path, str]]:
@@ -21,7 +19,7 @@ def files_answering_to(name: str, folders: list[Path]) -> list[tuple[Path, str]]
     for path in _walk(folders):
         if path.stem == name:
             found.append((path, "file name"))
-        elif path.suffix.lower() == ".safetensors" and _alias(path) == name:
+        elif path.suffix.lower() == ".safetensors" and _has_alias(path, name):
             found.append((path, "alias"))
     return found
 
@@ -42,20 +40,21 @@ def _walk(folders: list[Path]):
                     yield Path(dirpath) / fn
 
 
-def _alias(path: Path) -> str | None:
-    """The file's ss_output_name (None without one, or when the file cannot be read), remembered
-    while the file is unchanged."""
+def _has_alias(path: Path, name: str) -> bool:
+    """True when the file's metadata says ss_output_name = name.  Only a header that holds the name's
+    bytes is parsed: a collection of hundreds of SDXL LoRAs is checked in well under a second."""
     try:
-        st = path.stat()
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= MAX_HEADER_BYTES:
+                return False
+            head = f.read(size)
     except OSError:
-        return None
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-    known = _ALIASES.get(path)
-    if known and known[0] == stamp:
-        return known[1]
+        return False
+    if name.encode("utf-8") not in head and json.dumps(name)[1:-1].encode("ascii") not in head:
+        return False
     try:
-        alias = read_header(path)[1].get("ss_output_name")
-    except LoraMergeError:
-        alias = None
-    _ALIASES[path] = (stamp, alias)
-    return alias
+        metadata = json.loads(head).get("__metadata__")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(metadata, dict) and metadata.get("ss_output_name") == name
