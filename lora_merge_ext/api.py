@@ -76,8 +76,9 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
     the report are the same either way."""
     inputs = list(inputs)
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
-    check_options(canonical_mode(mode), len(inputs), weights, lbw, rank, conv_rank, energy)
-    plain_concat = canonical_mode(mode) == "concat" and (rank, conv_rank, energy) == (None,) * 3
+    canonical = canonical_mode(mode)
+    check_options(canonical, len(inputs), weights, lbw, rank, conv_rank, energy)
+    plain_concat = canonical == "concat" and (rank, conv_rank, energy) == (None,) * 3
     if (concat_stream.AVAILABLE and plain_concat and resolve_device(device).type == "cpu"
             and all(isinstance(x, (str, os.PathLike)) for x in inputs)):
         streamed = _stream_concat(inputs, output, weights, lbw, presets, torch_dtype(dtype), overwrite, protect,

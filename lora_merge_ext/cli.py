@@ -12,7 +12,6 @@ from . import api
 from .atomic_write import check_target
 from .errors import LoraMergeError
 from .inspect_file import describe, format_description
-from .merge import canonical_mode
 from .sigma import parse_number, show
 
 
@@ -110,8 +109,6 @@ def _check_output_suffix(path: str) -> None:
 
 def _merge(args) -> int:
     inputs = args.inputs
-    if len(inputs) < 2 and canonical_mode(args.mode) != "svd":
-        raise LoraMergeError(f"merge needs at least two inputs, got {len(inputs)}")
     _check_output_suffix(args.output)
     check_target(args.output, overwrite=args.overwrite, protect=inputs)
     weights = _weights(args.weights) if args.weights is not None else None

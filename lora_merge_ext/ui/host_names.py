@@ -5,8 +5,9 @@ answer to one name hide each other from `<lora:…>` and `<ljl:…>` tags.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from .library import walk_files
 
 HOST_EXTENSIONS = (".safetensors", ".pt", ".ckpt")  # what the WebUI lists as LoRAs
 MAX_HEADER_BYTES = 100 * 2**20
@@ -16,28 +17,12 @@ def files_answering_to(name: str, folders: list[Path]) -> list[tuple[Path, str]]
     """(file, how) for each file of the folders (sub-folders included) that the WebUI would find as
     name: how is "file name" or "alias"."""
     found = []
-    for path in _walk(folders):
+    for path in (p for root in folders for p in walk_files(root, HOST_EXTENSIONS, hidden=True)):
         if path.stem == name:
             found.append((path, "file name"))
         elif path.suffix.lower() == ".safetensors" and _has_alias(path, name):
             found.append((path, "alias"))
     return found
-
-
-def _walk(folders: list[Path]):
-    seen = set()
-    for root in folders:
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            real = os.path.realpath(dirpath)
-            if real in seen:  # a folder link that loops back, or a folder inside another one
-                dirnames[:] = []
-                continue
-            seen.add(real)
-            for fn in filenames:
-                if fn.lower().endswith(HOST_EXTENSIONS):
-                    yield Path(dirpath) / fn
 
 
 def _has_alias(path: Path, name: str) -> bool:

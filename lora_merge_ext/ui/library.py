@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import LoraMergeError
 
@@ -42,23 +43,11 @@ class LoraLibrary:
         """Rescan the folders; return the labels, sorted case-insensitively."""
         files: dict[str, Path] = {}
         for root in self.folders:
-            if not root.is_dir():
-                continue
-            visited = set()
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-                real = os.path.realpath(dirpath)
-                if real in visited:  # a folder link that loops back: walk it once
-                    dirnames[:] = []
-                    continue
-                visited.add(real)
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for fn in filenames:
-                    if fn.lower().endswith(LORA_EXTENSIONS) and not fn.startswith("."):
-                        path = Path(dirpath) / fn
-                        label = path.relative_to(root).as_posix()
-                        if label in files:
-                            label = f"{label} ({root.name})"
-                        files.setdefault(label, path)
+            for path in walk_files(root, LORA_EXTENSIONS, hidden=False):
+                label = path.relative_to(root).as_posix()
+                if label in files:
+                    label = f"{label} ({root.name})"
+                files.setdefault(label, path)
         self._files = files
         return self.labels()
 
@@ -108,3 +97,21 @@ class LoraLibrary:
             if p.resolve() == target:
                 return label
         return target.name
+
+
+def walk_files(root: Path, extensions: tuple[str, ...], *, hidden: bool) -> Iterator[Path]:
+    """Files under root (sub-folders too, following folder links, each real folder once) whose names
+    end with one of extensions (any case); hidden: also names starting with '.'."""
+    if not root.is_dir():
+        return
+    visited = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a folder link that loops back: walk it once
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if hidden or not d.startswith("."))
+        for fn in filenames:
+            if fn.lower().endswith(extensions) and (hidden or not fn.startswith(".")):
+                yield Path(dirpath) / fn
