@@ -13,7 +13,7 @@ from ..errors import LoraMergeError
 from ..layout import layout_of
 from ..lbw import parse_lbw
 from ..sigma import parse_sigma
-from . import infotext, notify, runtime_state
+from . import bundled_ti, infotext, notify, runtime_state
 from .host_lora import LoraUnavailable, lora_modules
 from .lookup import find_on_disk
 from .network_build import build_network, digest
@@ -67,6 +67,10 @@ def _network_for(p, host, sd_model, request, presets_box: list):
         net = build_network(host, sd_model, entry, request.name, cached.lora, layout, per_rank, weights,
                             request.te, request.unet, key_digest, mtime=cached.identity[1] / 1e9,
                             templates=state.templates_for(host, sd_model, entry, cached, layout))
+        net.bundle_embeddings, problems = bundled_ti.host_embeddings(host.networks, cached.lora.embeddings,
+                                                                    entry.filename, request.name)
+        for problem in problems:
+            notify.warn(p, f"<ljl:{request.name}>: {problem}")
         state.networks[key] = net
     infotext.record(p, request.name, infotext.file_shorthash(entry, cached, state.shorthashes))
     return key, cached.identity[0], net
@@ -102,6 +106,7 @@ def activate(p, extra_network_data) -> None:
         keys.append(key)
         paths.append(path)
     host.networks.loaded_networks.extend(nets)
+    bundled_ti.register(nets, shared.sd_model)
     state = runtime_state.current()
     if state.outcome_changed(tuple(tuple(map(str, params.items)) for params in params_list),
                              tuple(net.name for net in nets)):

@@ -190,8 +190,19 @@ class FakeSdModel(torch.nn.Module):
 
     def encode_text(self, prompt: str) -> dict[str, torch.Tensor]:
         """Text-encoder layer outputs for one (tag-free) prompt; whitespace runs count as one space,
-        as they do for the tokenizer."""
-        return self._run("te", "prompt", " ".join(prompt.split()))
+        as they do for the tokenizer.  A word of the prompt that names a registered textual-inversion
+        embedding adds that embedding's vectors (key "embedding NAME", per encoder for SDXL)."""
+        out = self._run("te", "prompt", " ".join(prompt.split()))
+        from modules import sd_hijack
+        known = sd_hijack.model_hijack.embedding_db.word_embeddings
+        for word in dict.fromkeys(re.findall(r"[^\s,()\[\]:]+", prompt)):
+            embedding = known.get(word)
+            if embedding is None:
+                continue
+            vecs = embedding.vec if isinstance(embedding.vec, dict) else {"": embedding.vec}
+            for part, vec in vecs.items():
+                out[f"embedding {word} {part}".rstrip()] = vec.clone()
+        return out
 
     def run_unet(self, seed: int, stage: str = "first pass") -> dict[str, torch.Tensor]:
         """UNet layer outputs for one image seed."""

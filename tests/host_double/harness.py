@@ -129,6 +129,8 @@ def start_host(lora_dir, family: str = "sd1", rows=None, spec: str | None = None
         if rows is None:
             rows = spec_rows(spec or ("sd15_lora" if family == "sd1" else "sdxl_lora"), keep)
         shared.sd_model = FakeSdModel(family, rows)
+        from modules import sd_hijack
+        sd_hijack.model_hijack.embedding_db.expected_shape = 768 if family == "sd1" else 768 + 1280
         script_callbacks.model_loaded_callback(shared.sd_model)
         from modules import extra_networks
         extra_networks.initialize()

@@ -15,7 +15,12 @@ What the double keeps from the host, because this project's tests depend on it:
 * ``lora_functional``: Linear / Conv2d / GroupNorm / LayerNorm layers add each module's output in
   their forward instead; MultiheadAttention always merges.
 
-Not modelled: module types other than plain LoRA/LoCon, SD3 keys, bundled embeddings, FP8 weight
+* Bundled embeddings (``bundle_emb.NAME.…``) become textual-inversion embeddings of the network;
+  ``load_networks`` first unregisters those of the networks loaded before, then registers those of
+  each network it loads, unless the name is already taken by an embedding from the embeddings
+  folder or the shape does not fit (v1.10.1 networks.py:181-199, 258-265, 282-290, 343-356).
+
+Not modelled: module types other than plain LoRA/LoCon, SD3 keys, FP8 weight
 copies, the AddNet infotext fields.  The patched forwards are built by ``layer_replacements`` rather
 than kept as one named function per layer class.  Not in the reference, kept as the double's
 choice: an attention layer is merged only when its q, k, v and out projections all have modules
@@ -33,6 +38,7 @@ import torch
 import network
 import network_lora
 from modules import devices, errors, sd_hijack, sd_models, shared
+from modules.textual_inversion import textual_inversion
 
 module_types = [network_lora.ModuleTypeLora()]
 
@@ -162,6 +168,25 @@ def _module_for(net, weights):
                          f"of {weights.network_key}")
 
 
+class BundledTIHash(str):
+    """What a bundled embedding shows as its hash in the infotext: the network's name, or nothing."""
+
+    def __init__(self, hash_str):
+        self.hash = hash_str
+
+    def __str__(self):
+        return self.hash if shared.opts.lora_bundled_ti_to_infotext else ""
+
+
+def _add_bundled_part(found: dict, part: str, tensor) -> None:
+    emb_name, vec_name = part.split(".", 1)
+    data = found.setdefault(emb_name, {})
+    if vec_name.split(".")[0] == "string_to_param":
+        data["string_to_param"] = {vec_name.split(".", 1)[1]: tensor}
+    else:
+        data[vec_name] = tensor
+
+
 def load_network(name, network_on_disk):
     net = network.Network(name, network_on_disk)
     net.mtime = os.path.getmtime(network_on_disk.filename)
@@ -171,9 +196,12 @@ def load_network(name, network_on_disk):
         assign_network_names_to_compvis_modules(model)
     mapping = model.network_layer_mapping
     is_sd2 = any(k.startswith("model_transformer_resblocks") for k in mapping)
-    per_layer, unmatched = {}, []
+    per_layer, unmatched, bundled = {}, [], {}
     for file_key, tensor in tensors.items():
         module_name, _, part = file_key.partition(".")
+        if module_name == "bundle_emb":
+            _add_bundled_part(bundled, part, tensor)
+            continue
         found = _find_layer(mapping, module_name, is_sd2)
         if found is None:
             unmatched.append(file_key)
@@ -184,6 +212,12 @@ def load_network(name, network_on_disk):
         per_layer[sd_key].w[part] = tensor
     for sd_key, weights in per_layer.items():
         net.modules[sd_key] = _module_for(net, weights)
+    for emb_name, data in bundled.items():
+        embedding = textual_inversion.create_embedding_from_data(
+            data, emb_name, filename=network_on_disk.filename + "/" + emb_name)
+        embedding.loaded = None
+        embedding.shorthash = BundledTIHash(name)
+        net.bundle_embeddings[emb_name] = embedding
     if unmatched:
         logging.debug("Network %s: no layer for %s", network_on_disk.filename, unmatched)
     return net
@@ -215,8 +249,27 @@ def _locate(names) -> list:
     return entries
 
 
+def _register_bundled(net) -> None:
+    emb_db = sd_hijack.model_hijack.embedding_db
+    for emb_name, embedding in net.bundle_embeddings.items():
+        if embedding.loaded is None and emb_name in emb_db.word_embeddings:
+            logging.warning("bundled embedding %s skipped: an embedding of the folder has the name", emb_name)
+            continue
+        embedding.loaded = False
+        if emb_db.expected_shape == -1 or emb_db.expected_shape == embedding.shape:
+            embedding.loaded = True
+            emb_db.register_embedding(embedding, shared.sd_model)
+        else:
+            emb_db.skipped_embeddings[net.name] = embedding
+
+
 def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None):
+    emb_db = sd_hijack.model_hijack.embedding_db
     reusable = {net.name: net for net in loaded_networks if net.name in names}
+    for net in loaded_networks:
+        for emb_name, embedding in net.bundle_embeddings.items():
+            if embedding.loaded:
+                emb_db.register_embedding_by_name(None, shared.sd_model, emb_name)
     loaded_networks.clear()
     not_found = []
     for i, (name, entry) in enumerate(zip(names, _locate(names))):
@@ -238,6 +291,7 @@ def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=No
         net.unet_multiplier = unet_multipliers[i] if unet_multipliers else 1.0
         net.dyn_dim = dyn_dims[i] if dyn_dims else 1.0
         loaded_networks.append(net)
+        _register_bundled(net)
     if not_found:
         notice = "Lora not found: " + ", ".join(not_found)
         sd_hijack.model_hijack.comments.append(notice)

@@ -1,0 +1,66 @@
+"""Bundled embeddings under ``<ljl>`` tags: a file's ``bundle_emb.NAME.…`` vectors become the host's
+textual-inversion embeddings and are registered for the pass, as the built-in Lora registers those of
+a ``<lora>`` file (v1.10.1 networks.py:181-199, 258-265, 343-356).  The host itself unregisters them
+when the next pass starts: ``load_networks`` does so for every network still in ``loaded_networks``
+(networks.py:282-290), which includes the ones this extension appended.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..bundled import PREFIX
+
+log = logging.getLogger(__name__)
+
+
+def _grouped(tensors: dict) -> dict[str, dict]:
+    """NAME → the dict the host builds an embedding from (``string_to_param`` or the named vectors)."""
+    grouped: dict[str, dict] = {}
+    for key, tensor in tensors.items():
+        emb_name, _, vec_name = key[len(PREFIX):].partition(".")
+        data = grouped.setdefault(emb_name, {})
+        head, _, term = vec_name.partition(".")
+        if head == "string_to_param":
+            data["string_to_param"] = {term: tensor}
+        else:
+            data[vec_name or emb_name] = tensor
+    return grouped
+
+
+def host_embeddings(networks, tensors: dict, filename: str, mentioned_name: str) -> tuple[dict, list[str]]:
+    """The host embeddings of a file's bundled tensors, and a note for each one the host cannot read."""
+    if not tensors:
+        return {}, []
+    from modules.textual_inversion import textual_inversion
+    hash_type = getattr(networks, "BundledTIHash", str)  # v1.10: the LoRA's name, per a setting
+    made, problems = {}, []
+    for emb_name, data in _grouped(tensors).items():
+        try:
+            embedding = textual_inversion.create_embedding_from_data(data, emb_name,
+                                                                     filename=f"{filename}/{emb_name}")
+        except Exception as exc:
+            problems.append(f"bundled embedding '{emb_name}' not usable: {exc}")
+            continue
+        embedding.loaded = None
+        embedding.shorthash = hash_type(mentioned_name)
+        made[emb_name] = embedding
+    return made, problems
+
+
+def register(nets, sd_model) -> None:
+    """Register the networks' bundled embeddings by the host's rule: an embedding of the embeddings
+    folder with the same name wins; one whose width does not fit the model is set aside."""
+    from modules import sd_hijack
+    emb_db = sd_hijack.model_hijack.embedding_db
+    for net in nets:
+        for emb_name, embedding in getattr(net, "bundle_embeddings", {}).items():
+            if embedding.loaded is None and emb_name in emb_db.word_embeddings:
+                log.warning("bundled embedding %s of %s left out: the embeddings folder has one of that name",
+                            emb_name, net.mentioned_name)
+                continue
+            embedding.loaded = False
+            if emb_db.expected_shape == -1 or emb_db.expected_shape == embedding.shape:
+                embedding.loaded = True
+                emb_db.register_embedding(embedding, sd_model)
+            else:
+                emb_db.skipped_embeddings[net.mentioned_name] = embedding
