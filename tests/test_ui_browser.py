@@ -202,6 +202,18 @@ def test_merge_the_two_examples_and_build_a_tag(page, server):
         expected = ink.modules[name].delta() + 0.25 * pastel.modules[name].delta()
         torch.testing.assert_close(module.delta(), expected, rtol=2e-3, atol=2e-5)
 
+    # the merge's "overwrite" box does not let a bake replace a file: the bake has its own
+    page.locator("#ljl_merge_overwrite input").check()
+    slider.fill("0.5")
+    slider.press("Enter")
+    expect(tag).to_have_value("<ljl:browser_mix:1,0.5>")
+    page.click("#ljl_merge_bake")
+    expect(first(page, "ljl_merge_bake_status")).to_contain_text("already exists")
+    assert load_lora(out_dir / "browser_mix_baked.safetensors").metadata == baked.metadata
+    page.locator("#ljl_merge_bake_overwrite input").check()
+    page.click("#ljl_merge_bake")
+    expect(first(page, "ljl_merge_bake_status")).to_contain_text("✔ wrote browser_mix_baked.safetensors (Σ = 1,0.5")
+
 
 def test_the_tag_builder_opens_any_file(page):
     expect = sync_api.expect

@@ -31,7 +31,7 @@ def test_standalone_layout_has_every_control(tmp_path):
             "ljl_merge_energy",
             "ljl_merge_dtype", "ljl_merge_device", "ljl_merge_name", "ljl_merge_subfolder", "ljl_merge_overwrite",
             "ljl_merge_button", "ljl_merge_status", "ljl_merge_summary", "ljl_merge_plot", "ljl_merge_tag",
-            "ljl_merge_advanced", "ljl_merge_bake", "ljl_merge_refresh"} <= ids
+            "ljl_merge_advanced", "ljl_merge_bake", "ljl_merge_bake_overwrite", "ljl_merge_refresh"} <= ids
     picker = next(c for c in blocks.config["components"] if c["props"].get("elem_id") == "ljl_merge_input_0")
     assert "a.safetensors" in str(picker["props"]["choices"])
     device = next(c for c in blocks.config["components"] if c["props"].get("elem_id") == "ljl_merge_device")

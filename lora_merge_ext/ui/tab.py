@@ -161,6 +161,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                     to_img2img = gr.Button("→ img2img prompt", elem_id="ljl_merge_to_img2img")
                 with gr.Row():
                     bake_name = gr.Textbox(label="name for the baked file", elem_id="ljl_merge_bake_name", scale=3)
+                    bake_overwrite = gr.Checkbox(value=False, label="overwrite an existing file",
+                                                 elem_id="ljl_merge_bake_overwrite")
                     bake_button = gr.Button("Save with Σ", elem_id="ljl_merge_bake")
                 bake_status = gr.Markdown("", elem_id="ljl_merge_bake_status")
 
@@ -265,8 +267,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
             return [f"{view.status}  \n{view.summary}", *[gr.update(choices=view.choices) for _ in pickers],
                     gr.update(choices=view.choices)]
 
-        baked = bake_button.click(on_bake, inputs=[result, advanced, tag_lbw, bake_name, subfolder, overwrite, dtype,
-                                                   *sliders], outputs=[bake_status, *pickers, tag_file])
+        baked = bake_button.click(on_bake, inputs=[result, advanced, tag_lbw, bake_name, subfolder, bake_overwrite,
+                                                   dtype, *sliders], outputs=[bake_status, *pickers, tag_file])
         if webui:
             baked.then(None, inputs=None, outputs=None, **js_kwargs("() => { ljlMergeRefreshCards(); }"))
             to_txt2img.click(None, inputs=[tag], outputs=None,
