@@ -215,6 +215,23 @@ def test_merge_the_two_examples_and_build_a_tag(page, server):
     expect(first(page, "ljl_merge_bake_status")).to_contain_text("✔ wrote browser_mix_baked.safetensors (Σ = 1,0.5")
 
 
+def test_a_reloaded_page_lists_files_added_since(server, browser):
+    url, out_dir = server
+    shutil.copyfile(EXAMPLES_DIR / "example_ink.safetensors", out_dir / "late_arrival.safetensors")
+    (out_dir / "late_folder").mkdir(exist_ok=True)
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        pg.set_default_timeout(120_000)
+        pg.goto(url)
+        pg.wait_for_selector("#ljl_merge_input_0 input")
+        pick(pg, 0, "late_arrival")  # no click on refresh
+        sync_api.expect(first(pg, "ljl_merge_info_0")).to_contain_text("SD1 · rank 2")
+        sync_api.expect(first(pg, "ljl_merge_subfolder")).to_contain_text("late_folder")
+    finally:
+        pg.close()
+        (out_dir / "late_arrival.safetensors").unlink()
+
+
 def test_the_tag_builder_opens_any_file(page):
     expect = sync_api.expect
     box = page.locator("#ljl_merge_tag_file input")

@@ -189,6 +189,7 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                     gr.update(choices=labels)]
 
         refresh.click(on_refresh, inputs=[], outputs=[*pickers, subfolder, tag_file])
+        demo.load(on_refresh, inputs=None, outputs=[*pickers, subfolder, tag_file])  # a reloaded page: fresh lists
 
         mode.change(lambda m: [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd"),
                                gr.update(visible=m == "concat")],
