@@ -213,6 +213,8 @@ def test_merge_the_two_examples_and_build_a_tag(page, server):
     page.locator("#ljl_merge_bake_overwrite input").check()
     page.click("#ljl_merge_bake")
     expect(first(page, "ljl_merge_bake_status")).to_contain_text("✔ wrote browser_mix_baked.safetensors (Σ = 1,0.5")
+    page.locator("#ljl_merge_overwrite input").uncheck()
+    page.locator("#ljl_merge_bake_overwrite input").uncheck()
 
 
 def test_a_reloaded_page_lists_files_added_since(server, browser):
