@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .attention_group import kept_with_siblings
 from .layout import JoinLayout
 from .lbw import lbw_factor
 from .lora_file import LoraFile, LoraModule
@@ -22,12 +23,20 @@ def module_coefficients(module: LoraModule, layout: JoinLayout, per_rank: list[f
 
 def realize_lora(lora: LoraFile, layout: JoinLayout, per_rank: list[float], block_weights=None,
                  te: float = 1.0, unet: float = 1.0) -> LoraFile:
-    """A plain LoRA whose ΔW equals what `<ljl:…>` applies; ranks with a zero multiplier are dropped."""
+    """A plain LoRA whose ΔW equals what `<ljl:…>` applies; ranks with a zero multiplier are dropped, and
+    modules with none left, except an attention projection whose layer has a live one (kept as a rank-1 zero)."""
+    coefs = {name: module_coefficients(module, layout, per_rank, block_weights, te, unet)
+             for name, module in lora.modules.items()}
+    wanted = kept_with_siblings(coefs, [name for name, coef in coefs.items() if bool(coef.any())])
     modules = {}
     for name, module in lora.modules.items():
-        coef = module_coefficients(module, layout, per_rank, block_weights, te, unet)
+        if name not in wanted:
+            continue
+        coef = coefs[name]
         keep = torch.nonzero(coef).flatten()
-        if len(keep) == 0:
+        if len(keep) == 0:  # a zero projection beside live ones: the WebUI needs all four (attention_group)
+            modules[name] = LoraModule(name, torch.zeros_like(module.down[:1], dtype=torch.float32),
+                                       torch.zeros_like(module.up[:, :1], dtype=torch.float32), 1.0)
             continue
         c = coef[keep]
         root = c.abs().sqrt()

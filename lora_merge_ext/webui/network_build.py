@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention_group import kept_with_siblings
 from ..lbw import lbw_factor
 from .layer_match import layer_mapping, match_layer
 
@@ -100,7 +101,8 @@ def _with_factor(template, side: str, weight: torch.Tensor, net):
 
 def build_network(host, sd_model, entry, mentioned_name: str, lora, layout, per_rank, block_weights,
                   te: float, unet: float, key_digest: str, mtime: float | None = None, templates=None):
-    """A Network ready to append to ``networks.loaded_networks`` (modules whose factor is all 0 left out)."""
+    """A Network ready to append to ``networks.loaded_networks`` (modules whose factor is all 0 left out,
+    except attention projections beside a live one)."""
     if templates is None:
         templates = build_templates(host, sd_model, entry, lora, layout)
     net = host.network.Network(network_name(mentioned_name, key_digest), entry)
@@ -111,10 +113,13 @@ def build_network(host, sd_model, entry, mentioned_name: str, lora, layout, per_
     net.mtime = mtime
     values = [float(v) for v in per_rank]
     sigma = torch.tensor(values, dtype=torch.float32)
+    factors = {t.name: lbw_factor(block_weights, t.name) * t.scale for t in templates}
+    live = [t.name for t in templates if factors[t.name] != 0 and any(any(values[a:b]) for a, b in t.spans)]
+    wanted = kept_with_siblings(factors, live)  # a zero q/k/v/out beside live ones stays: the host needs all four
     for t in templates:
-        factor = lbw_factor(block_weights, t.name) * t.scale
-        if factor == 0 or not any(any(values[a:b]) for a, b in t.spans):
+        if t.name not in wanted:
             continue
+        factor = factors[t.name]
         c = (sigma if t.index is None else sigma[t.index]) * factor
         if t.side == "up":
             scaled = t.factor * c.reshape((1, -1) + (1,) * (t.factor.dim() - 2))
