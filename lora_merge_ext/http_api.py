@@ -22,6 +22,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 
 from .errors import LoraMergeError
+from .merge import canonical_mode, refuse_svd_options
 from .ui.handlers import MergeRequest, MergeService
 from .ui.input_info import describe
 
@@ -118,6 +119,8 @@ def make_router(service: MergeService, *, credentials: Optional[Dict[str, str]] 
                            conv_rank=body.conv_rank, energy=body.energy, dtype=body.dtype, device=body.device,
                            subfolder=body.subfolder, overwrite=body.overwrite, measure=body.measure)
         try:
+            # the tab sends its (hidden) rank fields whatever the mode; a request that names them means them
+            refuse_svd_options(canonical_mode(body.mode), body.rank, body.conv_rank, body.energy)
             return service.merge(req).as_json()
         except LoraMergeError as exc:
             return _error(exc)

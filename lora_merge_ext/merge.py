@@ -251,6 +251,11 @@ def check_options(mode: str, n: int, weights, lbw, rank, conv_rank, energy) -> N
     for label, value in (("rank", rank), ("conv rank", conv_rank)):
         if value is not None and (not math.isfinite(value) or int(value) != value or value < 1):
             raise LoraMergeError(f"{label} {value} must be a positive whole number")
+    refuse_svd_options(mode, rank, conv_rank, energy)
+
+
+def refuse_svd_options(mode: str, rank, conv_rank, energy) -> None:
+    """Refuse rank, conv rank or energy given for a mode that keeps every rank.  mode: canonical."""
     if mode != "svd":
         given = [label for label, value in (("rank", rank), ("conv rank", conv_rank), ("energy", energy))
                  if value is not None]

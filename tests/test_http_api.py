@@ -129,6 +129,14 @@ def test_a_fractional_rank_is_refused_not_truncated(client, lora_dir, field):
     assert not (lora_dir / "low.safetensors").exists()
 
 
+@pytest.mark.parametrize("mode", ["concat", "join", "add"])
+def test_svd_options_outside_svd_are_refused_as_by_the_cli(client, lora_dir, mode):
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "full",
+                                           "mode": mode, "rank": 2, "energy": 0.5})
+    assert r.status_code == 400 and "rank and energy only apply to svd merges" in r.json()["error"]
+    assert not (lora_dir / "full.safetensors").exists()
+
+
 def test_schema_errors_are_rejected_by_fastapi(client):
     assert client.post("/ljl/v1/merge", json={"output": "x"}).status_code == 422
 

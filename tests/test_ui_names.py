@@ -17,10 +17,10 @@ from lora_merge_ext.ui.names import check_plain_name, output_path, output_stem
     (".", "folder reference"),
     ("/etc/passwd", "absolute path"),
     ("\\\\server\\share", "absolute path"),
-    ("C:evil", "absolute path"),
+    ("C:evil", "cannot hold: .:."),  # drive-relative on Windows; the colon is the reason given
     ("C:\\Windows\\x", "absolute path"),
     ("ab:c", "characters"),
-    ("a:b", "absolute path"),
+    ("a:b", "cannot hold: .:."),
     ("a<b>", "characters"),
     ("what?", "characters"),
     ("tab\there", "characters"),

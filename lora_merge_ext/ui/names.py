@@ -24,7 +24,7 @@ def check_plain_name(text: str, what: str = "output name") -> str:
     name = (text or "").strip()
     if not name:
         raise LoraMergeError(f"{what} is empty: type a file name such as my_merge")
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[\\/]", name):
         raise LoraMergeError(f"{what} '{name}' is an absolute path: give a plain file name")
     if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
         raise LoraMergeError(f"{what} '{name}' contains a path separator: give a plain file name")
