@@ -52,7 +52,7 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
     keeps each output module in dtype (less memory, and the report measures what is saved)."""
     target = torch_dtype(dtype)
     inputs = list(inputs)
-    check_options(canonical_mode(mode), len(inputs), weights, lbw, rank, conv_rank, energy)
+    rank, conv_rank, energy = check_options(canonical_mode(mode), len(inputs), weights, lbw, rank, conv_rank, energy)
     loras = list(map_in_workers(lambda x: x if isinstance(x, LoraFile) else load_lora(x), inputs, worker_count()))
     names = component_names(loras)
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
@@ -77,7 +77,7 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
     inputs = list(inputs)
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
     canonical = canonical_mode(mode)
-    check_options(canonical, len(inputs), weights, lbw, rank, conv_rank, energy)
+    rank, conv_rank, energy = check_options(canonical, len(inputs), weights, lbw, rank, conv_rank, energy)
     plain_concat = canonical == "concat" and (rank, conv_rank, energy) == (None,) * 3
     if (concat_stream.AVAILABLE and plain_concat and resolve_device(device).type == "cpu"
             and all(isinstance(x, (str, os.PathLike)) for x in inputs)):

@@ -137,7 +137,7 @@ def check_inputs(loras: list, names: list[str], mode: str, weights, lbw, rank, c
     """Refuse what cannot be merged (too few inputs, bad weights or lbw, mixed families, ranks outside
     svd, layers of different shapes, an output too large) before anything is computed."""
     n = len(loras)
-    check_options(mode, n, weights, lbw, rank, conv_rank, energy)
+    rank, conv_rank, energy = check_options(mode, n, weights, lbw, rank, conv_rank, energy)
     weights = input_weights(weights, n)
     family = _common_family(loras, names)
     factors = _block_weights(lbw, n, family, presets)
@@ -200,7 +200,14 @@ def input_weights(weights, n: int) -> list[float]:
     """One finite weight per input (default 1; a single weight applies to all)."""
     if weights is None:
         return [1.0] * n
-    weights = [float(w) for w in weights]
+    if isinstance(weights, str):  # "1,-0.5", as on the command line
+        weights = weights.split(",")
+    elif isinstance(weights, numbers.Real):
+        weights = [weights]
+    try:
+        weights = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise LoraMergeError(f"weights {weights!r}: expected numbers, one per input") from None
     if len(weights) == 1 and n > 1:
         weights = weights * n
     if len(weights) != n:
@@ -236,11 +243,14 @@ def _block_weights(lbw, n: int, family: str, presets) -> list[dict | None]:
     return [parse_lbw(s, family, presets) if s else None for s in input_lbw_specs(lbw, n)]
 
 
-def check_options(mode: str, n: int, weights, lbw, rank, conv_rank, energy) -> None:
+def check_options(mode: str, n: int, weights, lbw, rank, conv_rank, energy) -> tuple:
     """Refuse what is wrong whatever the files hold (input count, weights, lbw count, rank options),
-    so that a bad option is reported before any file is read.  mode: canonical."""
+    so that a bad option is reported before any file is read.  mode: canonical.  Returns rank and conv
+    rank as int and energy as float (a script may pass 2.0 or a numpy number)."""
     if n < 2 and mode != "svd":
         raise LoraMergeError(f"{mode} needs at least two inputs, got {n}")
+    if n < 1:
+        raise LoraMergeError("svd needs at least one input, got none")
     input_weights(weights, n)
     input_lbw_specs(lbw, n)
     for label, value in (("rank", rank), ("conv rank", conv_rank), ("energy", energy)):
@@ -252,6 +262,8 @@ def check_options(mode: str, n: int, weights, lbw, rank, conv_rank, energy) -> N
         if value is not None and (not math.isfinite(value) or int(value) != value or value < 1):
             raise LoraMergeError(f"{label} {value} must be a positive whole number")
     refuse_svd_options(mode, rank, conv_rank, energy)
+    return (None if rank is None else int(rank), None if conv_rank is None else int(conv_rank),
+            None if energy is None else float(energy))
 
 
 def refuse_svd_options(mode: str, rank, conv_rank, energy) -> None:

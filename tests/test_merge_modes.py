@@ -219,10 +219,35 @@ def test_mixing_families_is_refused(tmp_path):
     ({"mode": "svd", "rank": 0}, "positive whole number"),
     ({"mode": "svd", "energy": 1.5}, "energy"),
     ({"device": "tpu"}, "tpu"),
+    ({"weights": "1,x"}, "expected numbers"),
+    ({"weights": [1, None]}, "expected numbers"),
 ])
 def test_bad_merge_options_are_refused(pair, kwargs, message):
     with pytest.raises(LoraMergeError, match=message):
         api.merge(list(pair), **kwargs)
+
+
+def test_script_numbers_are_taken_as_the_cli_takes_them(pair, tmp_path):
+    """A whole float or a numpy number as rank, a weight string as on the command line."""
+    np = pytest.importorskip("numpy")
+    plain = api.merge(list(pair), mode="svd", rank=3, energy=0.9, weights=[1, -0.5])
+    def facts(result):
+        record = json.loads(result.lora.metadata["ljl_provenance"])
+        return [record[k] for k in ("inputs", "rank", "conv_rank", "energy")]
+
+    for rank, energy, weights in [(3.0, 0.9, "1,-0.5"), (np.int64(3), np.float64(0.9), np.array([1, -0.5]))]:
+        result = api.merge(list(pair), mode="svd", rank=rank, energy=energy, weights=weights)
+        assert facts(result) == facts(plain)
+        for name, module in plain.lora.modules.items():
+            torch.testing.assert_close(result.lora.modules[name].delta(), module.delta())
+    saved, _ = api.merge_to_file(list(pair), tmp_path / "np.safetensors", mode="svd", rank=np.int32(3))
+    assert json.loads(api.load(saved.path).metadata["ljl_provenance"])["rank"] == 3
+
+
+def test_no_inputs_is_a_clear_error():
+    for mode in ("svd", "concat"):
+        with pytest.raises(LoraMergeError, match="at least"):
+            api.merge([], mode=mode)
 
 
 def test_cuda_request_without_gpu_says_so(pair):
