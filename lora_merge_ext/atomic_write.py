@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -70,6 +72,27 @@ def check_target(path: os.PathLike | str, *, overwrite: bool = False, protect: I
     except OSError as e:
         raise LoraMergeError(f"{where}: cannot use this path: {show(e.strerror or e, 200)}") from None
     return target
+
+
+_TEMP_NAME = re.compile(r"^\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + "$")
+STALE_AFTER_S = 6 * 3600  # a temporary file this old belongs to a write that was killed (no merge runs this long)
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove this tool's temporary files that a killed process left in folder (a WebUI stopped in the
+    middle of a merge cannot clean up)."""
+    limit = time.time() - STALE_AFTER_S
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False) and \
+                    entry.stat(follow_symlinks=False).st_mtime < limit:
+                os.unlink(entry.path)
+        except OSError:
+            pass
 
 
 def _create_temp(folder: Path) -> tuple[int, Path]:
@@ -159,6 +182,7 @@ def write_file_atomic(path: os.PathLike | str, fill: Callable[[int], None], *, o
     temp = None
     fd = -1
     try:
+        remove_stale_temps(target.parent)
         fd, temp = _create_temp(target.parent)
         fill(fd)
         replacing = os.path.lexists(target)

@@ -281,3 +281,18 @@ def test_saved_hash_matches_written_file(tmp_path, lora):
     again, meta = read_safetensors(out)
     assert meta["sshs_model_hash"] == digest == tensor_data_sha256(out) == tensor_data_sha256(lora)
     assert all(torch.equal(again[k], tensors[k]) for k in tensors)
+
+
+def test_a_killed_writes_old_temporary_file_is_removed_by_the_next_write(tmp_path):
+    import time
+    from lora_merge_ext import atomic_write
+    old = tmp_path / f".{'ab' * 8}{TEMP_SUFFIX}"
+    recent = tmp_path / f".{'cd' * 8}{TEMP_SUFFIX}"  # may be another process's write in progress
+    other = tmp_path / f".notours{TEMP_SUFFIX}"
+    for path in (old, recent, other):
+        path.write_bytes(b"partial")
+    long_ago = time.time() - atomic_write.STALE_AFTER_S - 60
+    os.utime(old, (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    write_bytes_atomic(tmp_path / "new.bin", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, other.name, "new.bin"])

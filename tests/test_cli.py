@@ -137,3 +137,28 @@ def test_inspect_checks_the_hash_of_an_upper_case_extension(files, tmp_path):
     assert run("merge", a, b, "-o", out, "--quiet").returncode == 0
     r = run("inspect", out)
     assert r.returncode == 0 and "[matches sshs_model_hash]" in r.stdout
+
+
+# A signal sent at a fixed point: the first block the streamed concat writes into its temporary file.
+_SIGNAL_WHILE_WRITING = """
+import os, signal, sys
+from lora_merge_ext import cli, ordered_writer
+real, sent = ordered_writer.write_all, getattr(signal, sys.argv[1])
+def write_then_signal(*args, **kw):
+    real(*args, **kw)
+    os.kill(os.getpid(), sent)
+ordered_writer.write_all = write_then_signal
+sys.argv = ["lora-merge", *sys.argv[2:]]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("name, status", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)])
+def test_a_signal_during_the_write_leaves_nothing_behind(files, tmp_path, name, status):
+    _, a, b = files
+    out = tmp_path / "stopped.safetensors"
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_WRITING, name, "merge", a, b, "-o", out], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == status, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "error: interrupted; nothing was written"
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary file
