@@ -103,5 +103,56 @@ def _resnet_tail(tail: str) -> str:
     return _RESNET.get(tail, tail)
 
 
+_RESNET_BACK = {sgm: diffusers for diffusers, sgm in _RESNET.items()}
+_PLAIN_BACK = {sgm: diffusers for diffusers, sgm in _PLAIN.items() if not diffusers.startswith("add_")}
+
+
+def _resnet_tail_back(tail: str) -> str:
+    return _RESNET_BACK.get(tail, tail)
+
+
+def sd_unet_from_sgm(module: str) -> str:
+    """Map an SD1/SD2 UNet module name written in the model's own (compvis) block names
+    (lora_unet_input_blocks_4_1_…) to the diffusers-style name kohya writes for these models
+    (lora_unet_down_blocks_1_attentions_0_…); any other name comes back unchanged."""
+    if not module.startswith("lora_unet_"):
+        return module
+    rest = module[len("lora_unet_"):]
+    for sgm, plain in _PLAIN_BACK.items():
+        if rest == sgm or rest.startswith(sgm + "_"):
+            return "lora_unet_" + plain + rest[len(sgm):]
+    m = re.match(r"input_blocks_(\d+)_([01])_(.+)", rest)
+    if m:
+        n, sub, tail = int(m.group(1)), int(m.group(2)), m.group(3)
+        if n % 3 == 0 and sub == 0 and tail == "op":
+            return f"lora_unet_down_blocks_{n // 3 - 1}_downsamplers_0_conv"
+        level, j = divmod(n - 1, 3)
+        if sub == 1:
+            return f"lora_unet_down_blocks_{level}_attentions_{j}_{tail}"
+        return f"lora_unet_down_blocks_{level}_resnets_{j}_{_resnet_tail_back(tail)}"
+    m = re.match(r"middle_block_([012])_(.+)", rest)
+    if m:
+        k, tail = int(m.group(1)), m.group(2)
+        if k == 1:
+            return f"lora_unet_mid_block_attentions_0_{tail}"
+        return f"lora_unet_mid_block_resnets_{k // 2}_{_resnet_tail_back(tail)}"
+    m = re.match(r"output_blocks_(\d+)_([012])_(.+)", rest)
+    if m:
+        n, sub, tail = int(m.group(1)), int(m.group(2)), m.group(3)
+        level, j = divmod(n, 3)
+        if sub > 0 and tail == "conv":
+            return f"lora_unet_up_blocks_{level}_upsamplers_0_conv"
+        if sub == 1:
+            return f"lora_unet_up_blocks_{level}_attentions_{j}_{tail}"
+        return f"lora_unet_up_blocks_{level}_resnets_{j}_{_resnet_tail_back(tail)}"
+    return module
+
+
+def is_sgm_unet_name(module: str) -> bool:
+    """A UNet module in the model's block names, the blocks' or the plain layers' (time_embed_0, out_2…)."""
+    rest = module[len("lora_unet_"):] if module.startswith("lora_unet_") else None
+    return rest is not None and (is_sgm_name(module) or any(rest == s or rest.startswith(s + "_") for s in _PLAIN_BACK))
+
+
 def is_sgm_name(module: str) -> bool:
     return module.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))

@@ -1,8 +1,15 @@
 """Key names: kohya and PEFT/diffusers keys split into (module, role), SDXL diffusers names → SGM names."""
+import json
+import re
+from pathlib import Path
+
 import pytest
 
 from lora_merge_ext.key_names import is_sgm_name, sdxl_unet_to_sgm, split_key, unsupported_type
 from lora_merge_ext.lbw_blocks import block_of
+from lora_merge_ext.loading import kohya_name
+
+SPECS = Path(__file__).resolve().parent / "data" / "module_specs"
 
 ATTN = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
 
@@ -72,3 +79,66 @@ def test_sdxl_diffusers_names_become_sgm_names_in_the_same_block(diffusers, sgm)
     assert sdxl_unet_to_sgm(diffusers) == sgm
     assert block_of(sgm) == block_of(diffusers)  # the lbw block does not depend on the naming
     assert is_sgm_name(sgm) == sgm.startswith(("lora_unet_input", "lora_unet_middle", "lora_unet_output"))
+
+
+# --- SD1 files written in the model's own block names ------------------------------------------
+
+def _compvis(name: str) -> str:
+    """The A1111 layer name of an SD1 diffusers-style kohya UNet module (reference §2.4, written
+    here from the block layout: 3 input blocks per level, the downsampler third; 3 output blocks per
+    level, the upsampler after the attention where the level has one), with the lora_unet_ prefix."""
+    rest = name[len("lora_unet_"):]
+    parts = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
+             "conv_shortcut": "skip_connection"}
+    m = re.fullmatch(r"(down|up)_blocks_(\d)_(attentions|resnets)_(\d)_(.+)", rest)
+    if m:
+        level, j, tail = int(m[2]), int(m[4]), m[5]
+        index = 3 * level + j + 1 if m[1] == "down" else 3 * level + j
+        tail = parts.get(tail, tail) if m[3] == "resnets" else tail
+        return f"lora_unet_{'input' if m[1] == 'down' else 'output'}_blocks_{index}_{int(m[3] == 'attentions')}_{tail}"
+    m = re.fullmatch(r"mid_block_(attentions|resnets)_(\d)_(.+)", rest)
+    if m:
+        position = 1 if m[1] == "attentions" else 2 * int(m[2])
+        tail = parts.get(m[3], m[3]) if m[1] == "resnets" else m[3]
+        return f"lora_unet_middle_block_{position}_{tail}"
+    m = re.fullmatch(r"down_blocks_(\d)_downsamplers_0_conv", rest)
+    if m:
+        return f"lora_unet_input_blocks_{3 * int(m[1]) + 3}_0_op"
+    m = re.fullmatch(r"up_blocks_(\d)_upsamplers_0_conv", rest)
+    if m:
+        return f"lora_unet_output_blocks_{3 * int(m[1]) + 2}_{2 if int(m[1]) else 1}_conv"
+    raise AssertionError(f"no compvis name for {name}")
+
+
+def test_every_sd1_unet_module_in_compvis_names_reads_as_kohya_writes_it():
+    rows = json.loads((SPECS / "sd15_locon.json").read_text())
+    unet = [r[0] for r in rows if r[0].startswith("lora_unet_")]
+    assert len(unet) > 250
+    for name in unet:
+        assert kohya_name(_compvis(name), "sd1") == name
+        assert kohya_name(name, "sd1") == name
+    assert kohya_name("lora_unet_time_embed_0", "sd1") == "lora_unet_time_embedding_linear_1"
+    assert kohya_name("lora_unet_out_2", "sd2") == "lora_unet_conv_out"
+    te_name = "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    assert kohya_name(te_name, "sd1") == te_name
+
+
+def test_an_sd1_file_in_compvis_names_merges_module_by_module_with_a_kohya_one(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lora_factory import make_lora
+    from lora_merge_ext import api
+    a = make_lora(tmp_path / "a.safetensors", "sd15_locon", rank=2, seed=3,
+                  keep=lambda n: "down_blocks_1" in n or "up_blocks_0" in n or "mid_block" in n or "layers_0_" in n)
+    renamed = {(_compvis(k.partition(".")[0]) + "." + k.partition(".")[2]) if k.startswith("lora_unet_") else k: t
+               for k, t in load_file(str(a)).items()}
+    b = tmp_path / "b.safetensors"
+    save_file(renamed, str(b))
+    result = api.merge([a, b], weights=[1, -1])
+    assert set(result.lora.modules) == set(api.load(a).modules) and len(result.lora.modules) > 30
+    for module in result.lora.modules.values():
+        assert float(module.delta().abs().max()) < 1e-6  # the same layer, so the two cancel
+    streamed, _ = api.merge_to_file([a, b], tmp_path / "c.safetensors", weights=[1, -1])  # the streamed concat
+    written = api.load(streamed.path)
+    assert set(written.modules) == set(result.lora.modules)
+    assert all(float(m.delta().abs().max()) < 1e-6 for m in written.modules.values())
