@@ -88,7 +88,8 @@ def test_one_of_the_wrong_width_is_set_aside_and_the_weights_still_apply(host_fa
 
 def test_an_unreadable_one_is_reported_and_the_tag_still_applies(host_factory, tmp_path):
     root = _loras(tmp_path / "Lora", "sd1", _vectors("sd1", 5))
-    _add_to_file(root / "J.safetensors", {"bundle_emb.odd.first": torch.ones(768), "bundle_emb.odd.second": torch.ones(768)})
+    two_terms = {"bundle_emb.odd.first": torch.ones(768), "bundle_emb.odd.second": torch.ones(768)}
+    _add_to_file(root / "J.safetensors", two_terms)
     host = host_factory("sd1", lora_dir=root)
     res = host.txt2img("trig odd <ljl:J:1,1>", seed=1)
     assert "bundled embedding 'odd' not usable" in res.comments
