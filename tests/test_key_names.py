@@ -1,6 +1,5 @@
 """Key names: kohya and PEFT/diffusers keys split into (module, role), SDXL diffusers names → SGM names."""
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -84,30 +83,10 @@ def test_sdxl_diffusers_names_become_sgm_names_in_the_same_block(diffusers, sgm)
 # --- SD1 files written in the model's own block names ------------------------------------------
 
 def _compvis(name: str) -> str:
-    """The A1111 layer name of an SD1 diffusers-style kohya UNet module (reference §2.4, written
-    here from the block layout: 3 input blocks per level, the downsampler third; 3 output blocks per
-    level, the upsampler after the attention where the level has one), with the lora_unet_ prefix."""
-    rest = name[len("lora_unet_"):]
-    parts = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
-             "conv_shortcut": "skip_connection"}
-    m = re.fullmatch(r"(down|up)_blocks_(\d)_(attentions|resnets)_(\d)_(.+)", rest)
-    if m:
-        level, j, tail = int(m[2]), int(m[4]), m[5]
-        index = 3 * level + j + 1 if m[1] == "down" else 3 * level + j
-        tail = parts.get(tail, tail) if m[3] == "resnets" else tail
-        return f"lora_unet_{'input' if m[1] == 'down' else 'output'}_blocks_{index}_{int(m[3] == 'attentions')}_{tail}"
-    m = re.fullmatch(r"mid_block_(attentions|resnets)_(\d)_(.+)", rest)
-    if m:
-        position = 1 if m[1] == "attentions" else 2 * int(m[2])
-        tail = parts.get(m[3], m[3]) if m[1] == "resnets" else m[3]
-        return f"lora_unet_middle_block_{position}_{tail}"
-    m = re.fullmatch(r"down_blocks_(\d)_downsamplers_0_conv", rest)
-    if m:
-        return f"lora_unet_input_blocks_{3 * int(m[1]) + 3}_0_op"
-    m = re.fullmatch(r"up_blocks_(\d)_upsamplers_0_conv", rest)
-    if m:
-        return f"lora_unet_output_blocks_{3 * int(m[1]) + 2}_{2 if int(m[1]) else 1}_conv"
-    raise AssertionError(f"no compvis name for {name}")
+    """The SD1 module name in the model's block names, by the host double's own mapping (written from
+    the WebUI's conversion, reference §2.4)."""
+    from host_double.fake_model import _sd1_unet_path
+    return "lora_unet_" + _sd1_unet_path(name[len("lora_unet_"):])
 
 
 def test_every_sd1_unet_module_in_compvis_names_reads_as_kohya_writes_it():
