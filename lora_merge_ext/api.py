@@ -22,6 +22,7 @@ from .merge import (MergeResult, canonical_mode, check_inputs, check_options, in
                     join_layout, joined_modules, merge_loras)
 from .merge_report import MergeReport
 from .output_metadata import output_metadata
+from .pointwise import flat_modules_to_widen
 from .realize import realize_lora
 from .safetensors_write import save_safetensors_atomic
 from .sigma import parse_sigma
@@ -99,6 +100,8 @@ def _stream_concat(inputs, output, weights, lbw, presets, dtype, overwrite, prot
             if lora is None:
                 return None
             loras.append(lora)
+        if flat_modules_to_widen(loras):  # a 1×1 conv stored 2-D and 4-D: reshaped in memory
+            return None
         names = component_names(loras)
         plan = check_inputs(loras, names, "concat", weights, lbw, None, None, None, presets)
         for lora in loras:

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from .bundled import joined_embeddings
+from .pointwise import widen_flat_modules
 from .devices import resolve_device
 from .errors import LoraMergeError
 from .factor_arena import FactorArena
@@ -53,6 +54,7 @@ def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat"
     the report measures the rounded factors."""
     mode = canonical_mode(mode)
     measure = mode != "concat" if report is None else report
+    loras = widen_flat_modules(loras)
     plan = check_inputs(loras, names, mode, weights, lbw, rank, conv_rank, energy, presets)
     weights, family, factors, rank, conv_rank, order = (plan.weights, plan.family, plan.factors, plan.rank,
                                                         plan.conv_rank, plan.order)
