@@ -14,9 +14,15 @@ def is_bundled(key: str) -> bool:
     return key.startswith(PREFIX)
 
 
+def split_bundled(key: str) -> tuple[str, str]:
+    """(NAME, the rest) of a bundle_emb.NAME.… key; the rest is '' when there is none."""
+    name, _, rest = key[len(PREFIX):].partition(".")
+    return name, rest
+
+
 def embedding_names(keys) -> list[str]:
     """The embeddings' names (the NAME of bundle_emb.NAME.…), in order of first appearance."""
-    return list(dict.fromkeys(key[len(PREFIX):].split(".", 1)[0] for key in keys if is_bundled(key)))
+    return list(dict.fromkeys(split_bundled(key)[0] for key in keys if is_bundled(key)))
 
 
 def joined_embeddings(loras: list, names: list[str]) -> dict[str, torch.Tensor]:

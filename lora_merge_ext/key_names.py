@@ -148,11 +148,5 @@ def sd_unet_from_sgm(module: str) -> str:
     return module
 
 
-def is_sgm_unet_name(module: str) -> bool:
-    """A UNet module in the model's block names, the blocks' or the plain layers' (time_embed_0, out_2…)."""
-    rest = module[len("lora_unet_"):] if module.startswith("lora_unet_") else None
-    return rest is not None and (is_sgm_name(module) or any(rest == s or rest.startswith(s + "_") for s in _PLAIN_BACK))
-
-
 def is_sgm_name(module: str) -> bool:
     return module.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))

@@ -126,9 +126,9 @@ def open_lazy(path: str | os.PathLike) -> LazyLora | None:
 
 
 def _modules(path: str, parsed, fd: int) -> tuple[str, dict[str, LazyModule]] | None:
-    groups = group_keys(parsed.tensors, path)
     if any(map(is_bundled, parsed.tensors)):
         return None  # bundled embeddings: load_lora keeps them
+    groups = group_keys(parsed.tensors, path)
     family = detect_family({m: g["down"] for m, g in groups.items() if "down" in g}, parsed.metadata)
     modules: dict[str, LazyModule] = {}
     for raw, roles in groups.items():

@@ -10,7 +10,7 @@ from .bundled import embedding_names, is_bundled
 from .errors import LoraMergeError
 from .family import detect_family
 from .finite_check import find_nonfinite
-from .key_names import is_sgm_name, is_sgm_unet_name, sd_unet_from_sgm, sdxl_unet_to_sgm, split_key, unsupported_type
+from .key_names import is_sgm_name, sd_unet_from_sgm, sdxl_unet_to_sgm, split_key, unsupported_type
 from .lora_file import LoraFile, LoraModule
 from .safetensors_io import read_state_file
 from .workers import one_torch_thread
@@ -99,7 +99,7 @@ def kohya_name(module: str, family: str) -> str:
     """The name kohya writes for this module on this family (SDXL UNet: the model's block names;
     SD1/SD2 UNet: diffusers-style names), so that the same layer has one name in every file."""
     if family != "sdxl":
-        return sd_unet_from_sgm(module) if is_sgm_unet_name(module) else module
+        return sd_unet_from_sgm(module)
     if module.startswith("lora_te_"):
         module = "lora_te1_" + module[len("lora_te_"):]
     if module.startswith("lora_unet_") and not is_sgm_name(module):

@@ -9,7 +9,6 @@ from typing import Callable
 import torch
 
 from .bundled import joined_embeddings
-from .pointwise import widen_flat_modules
 from .devices import resolve_device
 from .errors import LoraMergeError
 from .factor_arena import FactorArena
@@ -20,6 +19,7 @@ from .lazy_lora import FactorSource, LazyModule
 from .lbw import lbw_factor, parse_lbw
 from .lora_file import LoraFile, LoraModule
 from .merge_report import MergeReport, ReportRow
+from .pointwise import widen_flat_modules
 from .workers import map_in_workers, worker_count
 
 MODES = {"concat": "concat", "join": "concat", "ljl": "concat", "add": "add", "svd": "svd"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from ..bundled import PREFIX
+from ..bundled import split_bundled
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ def _grouped(tensors: dict) -> dict[str, dict]:
     """NAME → the dict the host builds an embedding from (``string_to_param`` or the named vectors)."""
     grouped: dict[str, dict] = {}
     for key, tensor in tensors.items():
-        emb_name, _, vec_name = key[len(PREFIX):].partition(".")
+        emb_name, vec_name = split_bundled(key)
         data = grouped.setdefault(emb_name, {})
         head, _, term = vec_name.partition(".")
         if head == "string_to_param":
