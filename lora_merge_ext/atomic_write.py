@@ -158,7 +158,8 @@ def _move_into_place(temp: Path, target: Path, overwrite: bool) -> None:
                                  "choose another name or allow overwrite)") from None
         except OSError:
             if os.path.lexists(target):
-                raise LoraMergeError(f"{show(target, 400)}: file exists (choose another name or allow overwrite)") from None
+                raise LoraMergeError(f"{show(target, 400)}: file exists "
+                                     "(choose another name or allow overwrite)") from None
         else:
             try:
                 os.unlink(temp)

@@ -8,8 +8,8 @@
 The same rules as the tab: inputs must lie in the Lora folders, the output name is a plain name
 (one sub-folder at most), an existing file is replaced only with "overwrite": true, an input never.
 Bad input answers 400 with {"error": message}; a body that does not fit the schema (a missing
-field, a string for a number) gets FastAPI's usual 422 with its "detail" list.  With credentials (the WebUI's --api-auth), every
-route needs HTTP Basic auth.  No WebUI import here: the host adapter passes everything in.
+field, a string for a number) gets FastAPI's usual 422 with its "detail" list.  With credentials (the
+WebUI's --api-auth), every route needs HTTP Basic auth.  No WebUI import here: the host adapter passes everything in.
 """
 from __future__ import annotations
 

@@ -113,7 +113,9 @@ def apply_lora(model: torch.nn.Module, lora: LoraFile, sigma="1", **options) -> 
 
 def set_lora_diag(model_or_handle, sigma) -> None:
     """Change Σ of the LoRA applied with apply_lora (the model or the handle)."""
-    live = model_or_handle if isinstance(model_or_handle, LiveLora) else getattr(model_or_handle, HANDLE_ATTRIBUTE, None)
+    live = model_or_handle
+    if not isinstance(live, LiveLora):
+        live = getattr(model_or_handle, HANDLE_ATTRIBUTE, None)
     if live is None:
         raise LoraMergeError("no LoRA was applied to this model; call apply_lora first")
     live.set_sigma(sigma)

@@ -20,7 +20,8 @@ def _reason(error: Exception) -> str:
         text = text.split("WeightsUnpickler error:", 1)[1]
     for line in text.splitlines():
         line = line.strip().split(". ")[0].rstrip(".")
-        if line and "weights_only" not in line and not line.lower().startswith(("weights only load failed", "check the")):
+        boilerplate = ("weights only load failed", "check the")
+        if line and "weights_only" not in line and not line.lower().startswith(boilerplate):
             return show(line, 160)
     return "the file holds objects other than tensors" if "Weights only" in str(error) else type(error).__name__
 
@@ -55,5 +56,6 @@ def read_pickled_state_dict(path: os.PathLike | str) -> tuple[dict[str, torch.Te
         except MemoryError:
             raise fail(path, f"cannot load this pickled file (out of memory); {CONVERT_HINT}") from None
         except Exception as e:  # whatever a hostile or broken pickle makes torch raise
-            raise fail(path, f"refused to unpickle ({_reason(e)}); only plain tensor files load, {CONVERT_HINT}") from None
+            raise fail(path, f"refused to unpickle ({_reason(e)}); only plain tensor files load, "
+                             f"{CONVERT_HINT}") from None
     return _as_state_dict(obj, path), {}

@@ -51,7 +51,8 @@ def map_in_workers(fn: Callable[[T], R], items: Iterable[T], workers: int) -> It
         yield from map(fn, items)
         return
     before = torch.get_num_threads()
-    pool = ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="lora-merge", initializer=one_thread_initializer)
+    pool = ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="lora-merge",
+                              initializer=one_thread_initializer)
     futures = [pool.submit(fn, item) for item in items]
     try:
         for future in futures:

@@ -57,8 +57,9 @@ class LoraLibrary:
     def subfolders(self) -> list[str]:
         """The first-level sub-folders of the output folder ("" is the folder itself)."""
         root = self.output_dir
-        subs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
-        return [""] + subs
+        if not root.is_dir():
+            return [""]
+        return [""] + sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def path_of(self, label_or_path: str) -> Path:
         """The file for a label, or for a path inside one of the folders; anything else is refused."""

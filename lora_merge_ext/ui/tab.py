@@ -224,7 +224,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
             return {
                 status: view.status, summary: view.summary, components: view.components, plot: view.plot,
                 result: view.state,
-                **{s: gr.update(label=v.label, visible=v.visible, value=v.value) for s, v in zip(sliders, view.sliders)},
+                **{s: gr.update(label=v.label, visible=v.visible, value=v.value)
+                   for s, v in zip(sliders, view.sliders)},
                 advanced: "", tag: view.tag, tag_message: view.tag_message, bake_name: view.bake_name,
                 **{p: gr.update(choices=view.choices) for p in pickers},
                 subfolder: gr.update(info=subfolder_info(view.subfolders)),
