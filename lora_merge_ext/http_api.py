@@ -14,12 +14,12 @@ WebUI's --api-auth), every route needs HTTP Basic auth.  No WebUI import here: t
 from __future__ import annotations
 
 import secrets
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .errors import LoraMergeError
 from .merge import canonical_mode, refuse_svd_options
@@ -29,30 +29,34 @@ from .ui.input_info import describe
 PREFIX = "/ljl/v1"
 
 
+# strict: a JSON true is not a rank of 1, "8" is not a number, 1 is not a name (pydantic 1 and 2 alike)
+Number = Union[StrictInt, StrictFloat]  # a float rank such as 1.5 is refused by the merge rules, not cut to 1
+
+
 class MergeBody(BaseModel):
-    inputs: List[str]
-    output: str
-    mode: str = "concat"
-    weights: Optional[List[float]] = None
-    lbw: Optional[List[Optional[str]]] = None
-    rank: Optional[float] = None  # float, so that 1.5 is refused by the merge rules, not truncated to 1 here
-    conv_rank: Optional[float] = None
-    energy: Optional[float] = None
-    dtype: str = "fp16"
-    device: str = "cpu"
-    subfolder: str = ""
-    overwrite: bool = False
-    measure: bool = False  # also measure a concat's round-off (add and svd are always measured)
+    inputs: List[StrictStr]
+    output: StrictStr
+    mode: StrictStr = "concat"
+    weights: Optional[List[Number]] = None
+    lbw: Optional[List[Optional[StrictStr]]] = None
+    rank: Optional[Number] = None
+    conv_rank: Optional[Number] = None
+    energy: Optional[Number] = None
+    dtype: StrictStr = "fp16"
+    device: StrictStr = "cpu"
+    subfolder: StrictStr = ""
+    overwrite: StrictBool = False
+    measure: StrictBool = False  # also measure a concat's round-off (add and svd are always measured)
 
 
 class BakeBody(BaseModel):
-    source: str
-    sigma: str = "1"
-    lbw: Optional[str] = None
-    output: str
-    dtype: str = "fp16"
-    subfolder: str = ""
-    overwrite: bool = False
+    source: StrictStr
+    sigma: Union[StrictStr, Number] = "1"  # a single number may come as a JSON number
+    lbw: Optional[StrictStr] = None
+    output: StrictStr
+    dtype: StrictStr = "fp16"
+    subfolder: StrictStr = ""
+    overwrite: StrictBool = False
 
 
 def parse_api_auth(text: Optional[str]) -> Optional[Dict[str, str]]:
@@ -128,7 +132,7 @@ def make_router(service: MergeService, *, credentials: Optional[Dict[str, str]] 
     @router.post("/bake")
     def bake(body: BakeBody):
         try:
-            return service.bake(body.source, body.sigma, body.lbw or "", body.output, subfolder=body.subfolder,
+            return service.bake(body.source, str(body.sigma), body.lbw or "", body.output, subfolder=body.subfolder,
                                 overwrite=body.overwrite, dtype=body.dtype).as_json()
         except LoraMergeError as exc:
             return _error(exc)

@@ -20,6 +20,7 @@ from .lbw import lbw_factor, parse_lbw
 from .lora_file import LoraFile, LoraModule
 from .merge_report import MergeReport, ReportRow
 from .pointwise import widen_flat_modules
+from .safetensors_header import show
 from .workers import map_in_workers, worker_count
 
 MODES = {"concat": "concat", "join": "concat", "ljl": "concat", "add": "add", "svd": "svd"}
@@ -39,7 +40,7 @@ def canonical_mode(mode: str) -> str:
     try:
         return MODES[mode.lower()]
     except (KeyError, AttributeError):
-        raise LoraMergeError(f"mode {mode!r} is not one of concat, join, ljl, add, svd") from None
+        raise LoraMergeError(f"mode {show(repr(mode), 60)} is not one of concat, join, ljl, add, svd") from None
 
 
 def merge_loras(loras: list[LoraFile], names: list[str], *, mode: str = "concat", weights: list[float] | None = None,

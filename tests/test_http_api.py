@@ -3,6 +3,7 @@ import base64
 
 import gradio as gr
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -137,8 +138,57 @@ def test_svd_options_outside_svd_are_refused_as_by_the_cli(client, lora_dir, mod
     assert not (lora_dir / "full.safetensors").exists()
 
 
-def test_schema_errors_are_rejected_by_fastapi(client):
+def test_schema_errors_are_rejected_by_fastapi(client, lora_dir):
     assert client.post("/ljl/v1/merge", json={"output": "x"}).status_code == 422
+    two = {"inputs": ["a.safetensors", "b.safetensors"], "output": "x", "mode": "svd"}
+    # no coercion: true is not a rank of 1, "8" not a number, 1 not a name, "yes" not a flag
+    for wrong in ({"rank": True}, {"rank": "8"}, {"weights": ["1", "2"]}, {"overwrite": "yes"},
+                  {"inputs": ["a.safetensors", 1]}, {"output": 5}, {"energy": "0.9"}):
+        r = client.post("/ljl/v1/merge", json={**two, **wrong})
+        assert r.status_code == 422, (wrong, r.text)
+    r = client.post("/ljl/v1/bake", json={"source": "a.safetensors", "sigma": 0.5, "output": "half", "overwrite": 1})
+    assert r.status_code == 422
+    assert listing_of(lora_dir) == ["a.safetensors", "b.safetensors"]
+    r = client.post("/ljl/v1/bake", json={"source": "a.safetensors", "sigma": 0.5, "output": "half"})
+    assert r.status_code == 200, r.text  # a single Σ number may come as a JSON number
+    assert torch.allclose(deltas(lora_dir / "half.safetensors")["lora_unet_down_blocks_0_attentions_0_transformer_"
+                                                                "blocks_0_attn2_to_k"],
+                          0.5 * deltas(lora_dir / "a.safetensors")["lora_unet_down_blocks_0_attentions_0_"
+                                                                   "transformer_blocks_0_attn2_to_k"], atol=1e-3)
+
+
+def test_value_lists_longer_than_the_inputs_are_refused(client, lora_dir):
+    two = {"inputs": ["a.safetensors", "b.safetensors"], "output": "x"}
+    for extra, what in (({"weights": [1, 2, 3]}, "3 weight values for 2 inputs"),
+                        ({"weights": [1.0] * 1000}, "1000 weight values for 2 inputs"),
+                        ({"lbw": ["ALL", None, None]}, "3 lbw values for 2 inputs")):
+        r = client.post("/ljl/v1/merge", json={**two, **extra})
+        assert r.status_code == 400 and what in r.json()["error"], r.text
+    assert listing_of(lora_dir) == ["a.safetensors", "b.safetensors"]
+
+
+def test_names_the_file_system_cannot_take_get_400_not_500(client, lora_dir):
+    long_name = "y" * 300
+    r = client.get("/ljl/v1/info", params={"name": long_name})
+    assert r.status_code == 400 and "cannot be looked up" in r.json()["error"]
+    for bad in (long_name, "b.safetensors\u0000"):
+        r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", bad.encode().decode("unicode_escape")],
+                                               "output": "q"})
+        assert r.status_code == 400 and "cannot be looked up" in r.json()["error"], r.text
+    r = client.post("/ljl/v1/bake", json={"source": long_name, "output": "q"})
+    assert r.status_code == 400 and "cannot be looked up" in r.json()["error"]
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "q",
+                                           "mode": "m" * 100_000})
+    assert r.status_code == 400 and len(r.json()["error"]) < 200
+    assert listing_of(lora_dir) == ["a.safetensors", "b.safetensors"]
+
+
+def listing_of(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def deltas(path):
+    return {n: m.delta() for n, m in load_lora(path).modules.items()}
 
 
 def test_api_auth_credentials_are_honoured(lora_dir):

@@ -187,3 +187,17 @@ def test_the_tag_builder_refuses_an_lbw_the_tag_would_be_skipped_for(service):
     view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="j3"),
                            tag_lbw="NOPE")
     assert view.ok and view.tag == "" and "unknown lbw preset 'NOPE'" in view.tag_message
+
+
+def test_a_cleared_slider_box_is_refused_by_tag_and_bake_alike(service):
+    view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="joined"))
+    # gradio gives None for a number box the user emptied: neither a stale tag nor a bake at another Σ
+    text, message = callbacks.tag(view.state, [1.0, None])
+    assert text == "" and "component 2 (face) is empty" in message
+    baked = callbacks.bake(service, view.state, [1.0, None], "", "", "cleared", "", False, "fp16")
+    assert not baked.ok and "component 2 (face) is empty" in baked.status
+    assert "cleared.safetensors" not in service.refresh()
+    with pytest.raises(LoraMergeError, match=r"component 1 \(style\) 'x' is not a number"):
+        per_rank_vector(LAYOUT, ["x", 1])
+    with pytest.raises(LoraMergeError, match="not a finite number"):
+        per_rank_vector(LAYOUT, [1, math.inf])

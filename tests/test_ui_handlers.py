@@ -481,3 +481,82 @@ def test_an_output_name_another_file_answers_to_is_refused(service, lora_dir):
     again = service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="mine", subfolder="merged",
                                        overwrite=True))
     assert mine.path == again.path == lora_dir / "merged" / "mine.safetensors"  # replacing itself is fine
+
+
+def _queued(count: int):
+    """A host lock that starts no work before count of them are queued (merges queued behind a generation)."""
+    lock, queue = threading.Lock(), threading.Barrier(count)
+
+    def serialize(fn):
+        def run():
+            queue.wait(10)
+            with lock:
+                return fn()
+        return run
+    return serialize
+
+
+def test_merges_queued_to_one_name_in_two_subfolders_write_one_file(lora_dir):
+    s = MergeService(LoraLibrary.of(lora_dir), serialize=_queued(2))  # both pass the checks made before the queue
+    done, refused = [], []
+
+    def run(sub, bake=False):
+        try:
+            if bake:
+                done.append(s.bake("a.safetensors", "1", "", "twin", subfolder=sub))
+            else:
+                done.append(s.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], name="twin",
+                                                 subfolder=sub)))
+        except LoraMergeError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=run, args=("s1",)), threading.Thread(target=run, args=("s2", True))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(done) == 1 and len(refused) == 1, (done, refused)
+    assert "'twin' is already the file name of" in refused[0]
+    assert [p for p in listing(lora_dir) if p.endswith("twin.safetensors")] == [done[0].label]
+
+
+def test_weight_and_lbw_lists_must_fit_the_inputs_or_the_rows(service):
+    two = ["a.safetensors", "b.safetensors"]
+    with pytest.raises(LoraMergeError, match="got 3 weight values for 2 inputs"):
+        service.merge(MergeRequest(inputs=two, weights=[1, 2, 3], name="n"))
+    with pytest.raises(LoraMergeError, match="got 3 lbw values for 2 inputs"):
+        service.merge(MergeRequest(inputs=two, lbw=["ALL", "", ""], name="n"))
+    with pytest.raises(LoraMergeError, match="got 4 weight values for 2 inputs"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "", "b.safetensors"], weights=[1, 2, 3, 4], name="n"))
+
+
+def test_an_empty_weight_box_is_refused_not_read_as_one(service, lora_dir):
+    with pytest.raises(LoraMergeError, match="weight of 'b.safetensors' is empty"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=[1.0, None], name="n"))
+    with pytest.raises(LoraMergeError, match="weight of 'a.safetensors' is empty"):
+        service.merge(MergeRequest(inputs=["a.safetensors", "b.safetensors"], weights=["  ", 1.0], name="n"))
+    assert not (lora_dir / "n.safetensors").exists()
+
+
+def test_names_the_file_system_cannot_take_are_a_one_line_refusal(service):
+    for bad in ("y" * 300 + ".safetensors", "a.safetensors\x00", "sub/" + "z" * 300):
+        with pytest.raises(LoraMergeError, match="cannot be looked up|not found") as exc:
+            service.merge(MergeRequest(inputs=["a.safetensors", bad], name="n"))
+        assert "\n" not in str(exc.value) and "\x00" not in str(exc.value)
+
+
+def test_a_subfolder_linking_out_of_the_lora_folder_is_not_offered(service, lora_dir, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (lora_dir / "away").symlink_to(outside, target_is_directory=True)
+    (lora_dir / "inner").mkdir()
+    (lora_dir / "alias").symlink_to(lora_dir / "inner", target_is_directory=True)
+    assert service.subfolders() == ["", "alias", "inner"]
+
+
+def test_a_linked_file_is_described_under_its_own_name(service, lora_dir):
+    (lora_dir / "sub").mkdir()
+    (lora_dir / "sub" / "link.safetensors").symlink_to(lora_dir / "a.safetensors")
+    assert service.describe("a.safetensors").components == (("a", 4),)
+    info = service.describe("sub/link.safetensors")
+    assert info.path.endswith("link.safetensors") and info.components == (("link", 4),)

@@ -25,6 +25,7 @@ from ..lazy_lora import open_lazy
 from ..loading import load_lora
 from ..merge import canonical_mode
 from ..merge_report import MergeReport
+from ..safetensors_header import show
 from . import names
 from .host_names import files_answering_to
 from .input_info import InputInfo, check_families, describe, size_text
@@ -35,14 +36,16 @@ MIN_INPUTS = 2
 DTYPES = ("fp16", "bf16", "fp32")
 Progress = Callable[[int, int, str], None]
 
-_PATH_LOCKS: dict[str, threading.Lock] = {}
-_PATH_LOCKS_GUARD = threading.Lock()
+_NAME_LOCKS: dict[str, threading.Lock] = {}
+_NAME_LOCKS_GUARD = threading.Lock()
 
 
-def _path_lock(path: Path) -> threading.Lock:
-    key = os.path.normcase(str(Path(path).resolve()))
-    with _PATH_LOCKS_GUARD:
-        return _PATH_LOCKS.setdefault(key, threading.Lock())
+def _name_lock(path: Path) -> threading.Lock:
+    """One lock per name a file answers to in the WebUI (its stem, whatever its folder): two writes
+    of one name, even into different sub-folders, take turns, so the second sees the first's file."""
+    key = Path(path).stem.casefold()
+    with _NAME_LOCKS_GUARD:
+        return _NAME_LOCKS.setdefault(key, threading.Lock())
 
 
 @dataclass
@@ -154,6 +157,19 @@ def _number_or_none(value, what: str, integer: bool = False):
     return number
 
 
+def _weight(value, label: str) -> float:
+    """An input's weight; an empty box is refused rather than read as 1."""
+    number = _number_or_none(value, f"weight of {show(label, 80)!r}")
+    if number is None:
+        raise LoraMergeError(f"the weight of {show(label, 80)!r} is empty: enter a number")
+    return number
+
+
+def _check_dtype(dtype) -> None:
+    if (dtype or "fp16").lower() not in DTYPES:
+        raise LoraMergeError(f"dtype '{show(str(dtype), 40)}' is not one of {', '.join(DTYPES)}")
+
+
 class MergeService:
     """The tab's and the route's operations over one set of Lora folders."""
 
@@ -201,28 +217,26 @@ class MergeService:
             seen[key] = label
         infos = [describe(p) for p in paths]
         check_families(infos)
-        weights = self._per_input(req.weights, rows, "weight", 1.0)
-        weights = [_number_or_none(w, "weight") for w in weights]
-        weights = [1.0 if w is None else w for w in weights]
-        lbw = [str(s or "").strip() for s in self._per_input(req.lbw, rows, "lbw", "")]
+        weights = [_weight(w, label) for w, (_, label) in
+                   zip(self._per_input(req.weights, rows, len(req.inputs), "weight", 1.0), rows)]
+        lbw = [str(s or "").strip() for s in self._per_input(req.lbw, rows, len(req.inputs), "lbw", "")]
         lbw_list = lbw if any(lbw) else None
-        dtype = (req.dtype or "fp16").lower()
-        if dtype not in DTYPES:
-            raise LoraMergeError(f"dtype '{req.dtype}' is not one of {', '.join(DTYPES)}")
+        _check_dtype(req.dtype)
         out = names.output_path(self.library.output_dir, req.name, req.subfolder, overwrite=bool(req.overwrite),
                                 inputs=paths)
         self._check_name_is_free(out)
         return paths, weights, lbw_list, out
 
     @staticmethod
-    def _per_input(values, rows, what: str, default):
-        """Values given per row of the form (aligned with req.inputs, empty rows included) or per chosen input."""
+    def _per_input(values, rows, row_count: int, what: str, default):
+        """Values given per chosen input, or per row of the form (aligned with req.inputs, empty rows
+        included: row_count of them); any other count is refused."""
         if values is None:
             return [default] * len(rows)
         values = list(values)
         if len(values) == len(rows):
             return values
-        if rows and len(values) > max(i for i, _ in rows):
+        if len(values) == row_count:
             return [values[i] for i, _ in rows]
         raise LoraMergeError(f"got {len(values)} {what} values for {len(rows)} inputs")
 
@@ -253,8 +267,7 @@ class MergeService:
         """"Save with Σ": realize a (joined) file at the current Σ and lbw into a plain LoRA."""
         src = self.library.path_of(str(source))
         req = MergeRequest(inputs=[str(src)], name=name, dtype=dtype, subfolder=subfolder, overwrite=overwrite)
-        if (dtype or "").lower() not in DTYPES:
-            raise LoraMergeError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+        _check_dtype(dtype)
         out = names.output_path(self.library.output_dir, name, subfolder, overwrite=overwrite, inputs=[src])
         self._check_name_is_free(out)
 
@@ -300,12 +313,14 @@ class MergeService:
 
     @contextmanager
     def _writing(self, out: Path, req: MergeRequest, inputs: Sequence[Path]):
-        """Hold the path's lock while out is written, with the overwrite rule checked again at that
-        moment (another merge may have written it meanwhile) and its folders created (and removed
-        again if writing fails, unless another write into them is under way)."""
-        with _path_lock(out):
+        """Hold the name's lock while out is written, with the overwrite rule and the free-name rule
+        checked again at that moment (another merge may have written that name meanwhile, in this
+        folder or another), and its folders created (and removed again if writing fails, unless
+        another write into them is under way)."""
+        with _name_lock(out):
             names.output_path(self.library.output_dir, out.name, req.subfolder, overwrite=bool(req.overwrite),
                               inputs=inputs)
+            self._check_name_is_free(out)
             with folder_for_write(out.parent):
                 yield
 

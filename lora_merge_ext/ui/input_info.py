@@ -85,7 +85,8 @@ def describe(path: str | os.PathLike) -> InputInfo:
         st = os.stat(path)
     except OSError as exc:
         raise LoraMergeError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    # by the name too: a link's info names the link (a plain file's component is named after it)
+    key = (os.path.abspath(path), os.path.realpath(path), st.st_size, st.st_mtime_ns)
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import LoraMergeError
+from ..safetensors_header import show
 
 LORA_EXTENSIONS = (".safetensors",)
 
@@ -59,7 +60,8 @@ class LoraLibrary:
         root = self.output_dir
         if not root.is_dir():
             return [""]
-        return [""] + sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return [""] + sorted(p.name for p in root.iterdir()
+                             if p.is_dir() and not p.name.startswith(".") and self.contains(p))
 
     def path_of(self, label_or_path: str) -> Path:
         """The file for a label, or for a path inside one of the folders; anything else is refused."""
@@ -71,17 +73,31 @@ class LoraLibrary:
         self.refresh()
         if text in self._files:
             return self._files[text]
+        try:
+            found = self._file_at(text)
+        except LoraMergeError:
+            raise
+        except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte…
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise LoraMergeError(f"LoRA '{show(text)}' cannot be looked up: {reason}") from None
+        if found is None:
+            raise LoraMergeError(f"LoRA '{show(text)}' not found in the Lora folders "
+                                 f"({', '.join(map(str, self.folders))})")
+        return found
+
+    def _file_at(self, text: str) -> Path | None:
+        """The LoRA file at a path inside one of the folders (relative to each, or absolute)."""
         candidate = Path(text).expanduser()
         candidates = [candidate] if candidate.is_absolute() else [root / candidate for root in self.folders]
         for c in candidates:
             resolved = c.resolve()
             if not self.contains(resolved):
-                raise LoraMergeError(f"'{text}' is outside the Lora folders")
+                raise LoraMergeError(f"'{show(text)}' is outside the Lora folders")
             if resolved.is_file():
                 if not resolved.name.lower().endswith(LORA_EXTENSIONS):
-                    raise LoraMergeError(f"'{text}' is not a .safetensors file")
+                    raise LoraMergeError(f"'{show(text)}' is not a .safetensors file")
                 return resolved
-        raise LoraMergeError(f"LoRA '{text}' not found in the Lora folders ({', '.join(map(str, self.folders))})")
+        return None
 
     def contains(self, path: Path) -> bool:
         path = Path(path).resolve()

@@ -5,6 +5,7 @@ Sliders give one weight per component; the advanced field, when filled, takes an
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Sequence
 
@@ -25,13 +26,27 @@ def per_rank_vector(layout: JoinLayout, sliders: Sequence[float], advanced: str 
     """The Σ per-rank vector: from the advanced text when given, else one slider value per component."""
     if advanced and advanced.strip():
         return parse_sigma(advanced.strip(), layout)
-    values = [float(v) for v in list(sliders)[: len(layout.components)]]
+    values = [_slider_value(v, i, comp.name) for i, (v, comp) in enumerate(zip(sliders, layout.components))]
     if len(values) < len(layout.components):
         values += [1.0] * (len(layout.components) - len(values))
     out: list[float] = []
     for value, comp in zip(values, layout.components):
         out.extend([value] * comp.rank)
     return out
+
+
+def _slider_value(value, index: int, component: str) -> float:
+    """A slider's number; a cleared number box (None) or a non-number is refused, naming the component."""
+    what = f"Σ of component {index + 1} ({show(component)})"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise LoraMergeError(f"{what} is empty: enter a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise LoraMergeError(f"{what} '{show(str(value))}' is not a number") from None
+    if not math.isfinite(number):
+        raise LoraMergeError(f"{what} {value} is not a finite number")
+    return number
 
 
 def _check_item(value: str, what: str) -> str:
