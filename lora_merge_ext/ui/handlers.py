@@ -3,9 +3,10 @@
 `MergeService` holds the Lora folders and the host hooks: `serialize` wraps the heavy part (the
 WebUI passes its queue lock, so a merge never runs beside a generation) and `on_written` is called
 with each new file (the WebUI rescans its Lora list).  Merges run in the caller's thread (a concat
-is streamed into its file, so the joined LoRA is never held in the WebUI's memory); writes to the
-same path are serialised, and a file is never written without the overwrite rule being checked at
-that moment, so two merges started at once cannot corrupt each other's output.
+is streamed into its file, so the joined LoRA is never held in the WebUI's memory); writes of one
+name (in any folder) are serialised, and a file is never written without the overwrite and
+free-name rules being checked at that moment, so two merges started at once cannot corrupt each
+other's output or give two files one name.
 """
 from __future__ import annotations
 
