@@ -96,3 +96,24 @@ def test_an_unreadable_one_is_reported_and_the_tag_still_applies(host_factory, t
     assert set(_embedding_outputs(res)) == {("cond", "embedding trig")}
     plain = host.txt2img("trig odd", seed=1)
     assert max(float((outputs(res)[k] - outputs(plain)[k]).abs().max()) for k in outputs(plain)) > 1e-3
+
+
+@pytest.mark.parametrize("prompt", ["trig <ljl:J:1,0> <ljl:J:0,1>", "trig <lora:J:1> <ljl:J:0,1>"])
+def test_one_file_under_two_tags_registers_its_embedding_without_a_word(host_factory, tmp_path, caplog, prompt):
+    vectors = _vectors("sd1", 5)
+    host = host_factory("sd1", lora_dir=_loras(tmp_path / "Lora", "sd1", vectors))
+    with caplog.at_level("WARNING"):
+        res = host.txt2img(prompt, seed=1)
+    assert torch.equal(_embedding_outputs(res)["cond", "embedding trig"], vectors[""])
+    assert "left out" not in caplog.text
+
+
+def test_another_file_bundling_the_same_name_is_told_apart_from_the_folder(host_factory, tmp_path, caplog):
+    root = _loras(tmp_path / "Lora", "sd1", _vectors("sd1", 5))
+    other = write_lora(root, "C", "sd1", rank=2, seed=3)
+    _add_to_file(other, _keys("trig", _vectors("sd1", 6)))
+    host = host_factory("sd1", lora_dir=root)
+    with caplog.at_level("WARNING"):
+        host.txt2img("trig <ljl:J:1,1> <ljl:C:1>", seed=1)
+    assert "trig of C left out: another LoRA of the prompt bundles a different one" in caplog.text
+    assert "embeddings folder" not in caplog.text

@@ -54,9 +54,9 @@ def register(nets, sd_model) -> None:
     emb_db = sd_hijack.model_hijack.embedding_db
     for net in nets:
         for emb_name, embedding in getattr(net, "bundle_embeddings", {}).items():
-            if embedding.loaded is None and emb_name in emb_db.word_embeddings:
-                log.warning("bundled embedding %s of %s left out: the embeddings folder has one of that name",
-                            emb_name, net.mentioned_name)
+            present = emb_db.word_embeddings.get(emb_name)
+            if embedding.loaded is None and present is not None:
+                _keep_present(present, embedding, emb_name, net.mentioned_name)
                 continue
             embedding.loaded = False
             if emb_db.expected_shape == -1 or emb_db.expected_shape == embedding.shape:
@@ -64,3 +64,22 @@ def register(nets, sd_model) -> None:
                 emb_db.register_embedding(embedding, sd_model)
             else:
                 emb_db.skipped_embeddings[net.mentioned_name] = embedding
+
+
+def _keep_present(present, embedding, emb_name: str, mentioned_name: str) -> None:
+    """The name is taken: by the embeddings folder (which wins, as on the host), or earlier in this
+    pass by another tag's network (only networks mark an embedding ``loaded``).  The same file under
+    two tags, or under ``<lora>`` and ``<ljl>``, bundles the same vectors: nothing to say then."""
+    if not hasattr(present, "loaded"):
+        log.warning("bundled embedding %s of %s left out: the embeddings folder has one of that name",
+                    emb_name, mentioned_name)
+    elif not _same_vectors(present.vec, embedding.vec):
+        log.warning("bundled embedding %s of %s left out: another LoRA of the prompt bundles a different "
+                    "one of that name", emb_name, mentioned_name)
+
+
+def _same_vectors(a, b) -> bool:
+    if isinstance(a, dict) or isinstance(b, dict):
+        return (isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys()
+                and all(_same_vectors(a[k], b[k]) for k in a))
+    return a.shape == b.shape and bool((a == b).all())
