@@ -250,14 +250,20 @@ def test_a_hires_prompt_with_other_loras_first_gets_the_prompt_s_tag_rewritten(s
 def test_prompt_lists_and_hires_prompt_lists_are_rewritten():
     """API requests may carry one prompt per image; every prompt holding the tag is rewritten."""
     from types import SimpleNamespace
-    from lora_merge_ext.webui.xyz_axes import apply_lbw, apply_sigma
+    from lora_merge_ext.webui.xyz_axes import apply_lbw, apply_sigma, finish_edits
     p = SimpleNamespace(prompt=["a <ljl:J:1>", "b", "c <ljl:J:1> <ljl:K:1>"], hr_prompt=["h <ljl:K:1>", "i"])
     apply_sigma(p, "K: 0 1", [])
     apply_lbw(p, "ALL", [])  # no NAME: the first tag of the prompt, J, wherever it is
+    assert p.prompt[0] == "a <ljl:J:1>"  # queued until the cell's prompt is final
+    assert finish_edits(p) == []
     assert p.prompt == ["a <ljl:J:1:lbw=ALL>", "b", "c <ljl:J:1:lbw=ALL> <ljl:K:0,1>"]
     assert p.hr_prompt == ["h <ljl:K:0,1>", "i"]
-    with pytest.raises(LoraMergeError, match="no <ljl:NAME:…> tag"):
-        apply_sigma(SimpleNamespace(prompt=["a", "b"]), "1", [])
+    assert finish_edits(p) == []  # applied once
+    p = SimpleNamespace(prompt=["a", "b"])
+    apply_sigma(p, "1", [])
+    (problem,) = finish_edits(p)
+    assert problem.startswith("LJL Σ vector value '1': ") and "no <ljl:NAME:…> tag" in problem
+    assert problem.endswith("this image is made without it")
 
 
 def test_register_axes_outside_the_webui_is_a_quiet_no_op(capsys):
@@ -336,6 +342,41 @@ def test_component_axis_cells_equal_single_runs(sd1):
         weight = ["0", "0.5", "1"][ix]
         j = ["2,0", "0.5,1"][iy]
         assert_identical(outputs(processed), single(sd1, f"a <ljl:J:{j}> b <ljl:K:{weight},0.5>"))
+
+
+@pytest.mark.parametrize("component_first", [True, False])
+def test_a_component_weight_applies_on_top_of_a_sigma_axis_in_either_order(sd1, component_first):
+    component, sigma = (COMPONENT, "B: 0, 1"), (SIGMA, "1,1 | 0.5,0.5")
+    x, y = (component, sigma) if component_first else (sigma, component)
+    res, _ = grid(sd1, "a cat <ljl:J:1,1>", x=x, y=y)
+    by_values = {}
+    for (ix, iy, _), pc in res.copies.items():
+        weight, vector = (ix, iy) if component_first else (iy, ix)
+        by_values[weight, vector] = pc.prompt
+    assert by_values == {(0, 0): "a cat <ljl:J:1,0>", (1, 0): "a cat <ljl:J:1,1>",
+                         (0, 1): "a cat <ljl:J:0.5,0>", (1, 1): "a cat <ljl:J:0.5,1>"}
+    cell = (0, 1, 0) if component_first else (1, 0, 0)
+    assert_identical(outputs(res.cells[cell]), single(sd1, "a cat <ljl:J:0.5,0>"))
+
+
+@pytest.mark.parametrize("component_first", [True, False])
+def test_a_component_weight_follows_a_prompt_sr_that_renames_the_tag(sd1, component_first):
+    """J = join(A, B), K = join(B, C): "B: 0" switches B off in K too, wherever B stands there."""
+    component, rename = (COMPONENT, "B: 0"), ("Prompt S/R", "J, K")
+    x, y = (component, rename) if component_first else (rename, component)
+    res, _ = grid(sd1, "a cat <ljl:J:1,1>", x=x, y=y)
+    assert sorted(pc.prompt for pc in res.copies.values()) == ["a cat <ljl:J:1,0>", "a cat <ljl:K:0,1>"]
+    cell = (0, 1, 0) if component_first else (1, 0, 0)
+    assert_identical(outputs(res.cells[cell]), single(sd1, "a cat <ljl:K:0,1>"))
+
+
+def test_a_component_the_renamed_file_lacks_is_reported_and_the_grid_goes_on(sd1):
+    res, _ = grid(sd1, "a <ljl:J:1>", x=(COMPONENT, "B: 0"), y=("Prompt S/R", "J, A"))
+    assert len(res.cells) == 2 and res.copies[0, 1, 0].prompt == "a <ljl:A:1>"
+    comments = res.cells[0, 1, 0].comments
+    assert "LJL component weight value 'B: 0'" in comments and "made without it" in comments
+    assert_identical(outputs(res.cells[0, 1, 0]), single(sd1, "a <ljl:A:1>"))
+    assert res.copies[0, 0, 0].prompt == "a <ljl:J:1,0>"
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ function so this package never imports WebUI modules at import time."""
 def make_script_class():
     from modules import scripts
 
-    from . import activation
+    from . import activation, notify, xyz_axes
     from .extra_network import HOOK_MARK
 
     class LjlScript(scripts.Script):
@@ -17,6 +17,10 @@ def make_script_class():
 
         def ui(self, is_img2img):
             return []
+
+        def before_process(self, p, *args):
+            for problem in xyz_axes.finish_edits(p):  # the X/Y/Z axes' values, on the cell's final prompt
+                notify.warn(p, problem)
 
         def process(self, p, *args):
             p.ljl_reported = set()

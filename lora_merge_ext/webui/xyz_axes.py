@@ -6,6 +6,12 @@ prompt must have the tag, the LoRA must be found and read, vectors must fit the 
 must exist in preset.txt.  Value syntax is in ``lora_merge_ext.ljl_tag``; the labels carry a
 short hint.
 
+The host applies a cell's axes in the order x, y, z, and an axis of its own (Prompt S/R) may
+rename the tag after ours.  So an axis only queues its edit on the cell; ``finish_edits`` (the
+script's ``before_process`` hook) applies them to the final prompt, Σ vectors first, then lbw,
+then component weights, which therefore apply on top of a Σ vector whatever the axes' order and
+to the components of the file the tag finally names.
+
 ``register_axes()`` adds the axes to the loaded ``xyz_grid.py`` module once (guarded by label);
 the entry script calls it at import time (so ``--nowebui`` API mode, whose script ``ui()`` runs
 before ``before_ui``, sees them) and again from ``before_ui`` (after a UI reload the plot
@@ -14,6 +20,8 @@ script is a fresh module).  WebUI modules are imported only inside functions.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 from .. import ljl_tag
 from ..errors import LoraMergeError
@@ -97,6 +105,39 @@ def rewrite_processing(p, name: str | None, edit) -> None:
         p.hr_prompt = _rewrite(p.hr_prompt, name, edit, False)
 
 
+@dataclass(frozen=True)
+class QueuedEdit:
+    """One axis value waiting for the cell's final prompt."""
+    order: int  # Σ 0, lbw 1, component 2
+    axis: str
+    value: str
+    name: str | None  # the tag a value names, None for the prompt's first tag
+    edit: Callable
+
+
+def _queue(p, order: int, axis: str, value: str, name: str | None, edit: Callable) -> None:
+    # a new list: the host's cell is a shallow copy of the plot's p
+    p.ljl_xyz_edits = [*getattr(p, "ljl_xyz_edits", ()), QueuedEdit(order, axis, value, name, edit)]
+
+
+def finish_edits(p) -> list[str]:
+    """Apply the edits the axes queued on p to its prompt and hires prompt (Σ, then lbw, then
+    component weights; in axis order within each kind) and clear them.  An edit that no longer fits
+    (its tag was renamed away, its component is not in the file the tag now names) is left out;
+    returns one message for each."""
+    edits = sorted(getattr(p, "ljl_xyz_edits", None) or (), key=lambda e: e.order)
+    if not edits:
+        return []
+    p.ljl_xyz_edits = []
+    problems = []
+    for queued in edits:
+        try:
+            rewrite_processing(p, queued.name, queued.edit)
+        except LoraMergeError as exc:
+            problems.append(f"{_fail(queued.axis, queued.value, exc)}; this image is made without it")
+    return problems
+
+
 def _fail(axis: str, value, exc: Exception) -> LoraMergeError:
     where = f" value '{show(str(value))}'" if value is not None else ""
     return LoraMergeError(f"{axis}{where}: {exc}")
@@ -126,7 +167,7 @@ def sigma_value(value: str) -> tuple[str | None, str]:
 
 def apply_sigma(p, x, xs):
     name, vector = sigma_value(x)
-    rewrite_processing(p, name, lambda tag: tag.with_vector(vector))
+    _queue(p, 0, SIGMA_AXIS, x, name, lambda tag: tag.with_vector(vector))
 
 
 def confirm_sigma(p, xs):
@@ -155,7 +196,7 @@ def apply_component(p, x, xs):
         index = ljl_tag.resolve_component(layout, cw.component)
         return tag.with_vector(ljl_tag.set_component_weight(tag.vector, layout, index, cw.weight))
 
-    rewrite_processing(p, cw.tag, edit)
+    _queue(p, 2, COMPONENT_AXIS, x, cw.tag, edit)
 
 
 def prepare_component(text: str) -> list[str]:
@@ -192,7 +233,7 @@ def lbw_value(value: str) -> tuple[str | None, str]:
 
 def apply_lbw(p, x, xs):
     name, spec = lbw_value(x)
-    rewrite_processing(p, name, lambda tag: tag.with_option("lbw", spec))
+    _queue(p, 1, LBW_AXIS, x, name, lambda tag: tag.with_option("lbw", spec))
 
 
 def lbw_choices() -> list[str]:

@@ -15,7 +15,8 @@ host facts in reference A1111_HOST_API.md §5 — the parts a third-party axis m
   then ``modules.processing.process_images``; the costliest axis is the outermost loop (on a tie
   z is outside y, y outside x).
 
-Only a few built-in axes are defined (Nothing, Seed, Steps, CFG Scale).  No grid image is drawn:
+Only a few built-in axes are defined (Nothing, Seed, Steps, CFG Scale, and Prompt S/R, which
+replaces its first value by the cell's in the prompt and negative prompt, not the hires prompt).  No grid image is drawn:
 ``run`` returns an ``XyzResult``.  Load the file the way the host does (``modules.script_loading``):
 its classes then report ``__module__ == "xyz_grid.py"`` and it is not in ``sys.modules``.
 """
@@ -55,6 +56,13 @@ def format_nothing(p, opt, x):
 
 def do_nothing(p, x, xs):
     pass
+
+
+def apply_prompt(p, x, xs):
+    if xs[0] not in p.prompt and xs[0] not in p.negative_prompt:
+        raise RuntimeError(f"Prompt S/R did not find {xs[0]} in prompt or negative prompt.")
+    p.prompt = p.prompt.replace(xs[0], x)
+    p.negative_prompt = p.negative_prompt.replace(xs[0], x)
 
 
 def list_to_csv_string(data_list):
@@ -99,6 +107,7 @@ axis_options = [
     AxisOption("Seed", int, apply_field("seed")),
     AxisOption("Steps", int, apply_field("steps")),
     AxisOption("CFG Scale", float, apply_field("cfg_scale")),
+    AxisOption("Prompt S/R", str, apply_prompt, format_value=format_value),
 ]
 
 
