@@ -27,19 +27,24 @@ def family_from_metadata(metadata: dict[str, str]) -> str | None:
 
 def detect_family(downs: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     """Family from the down factors (module → tensor) first, then UNet parts only SDXL has, then
-    metadata, then SGM names."""
+    metadata, then SGM names; a file whose only text encoder is named lora_te1_ is SDXL unless its
+    metadata says otherwise."""
     for module, down in downs.items():
         if module.endswith(("attn2_to_k", "attn2_to_v")):
             found = CROSS_ATTENTION_WIDTH.get(int(down.shape[1]))
             if found:
                 return found
-    if any(m.startswith(("lora_te1_", "lora_te2_")) for m in downs):
+    if any(m.startswith("lora_te2_") for m in downs):
         return "sdxl"
     for module, down in downs.items():
-        if module.startswith("lora_te_") and module.endswith("self_attn_q_proj"):
+        if module.startswith(("lora_te_", "lora_te1_")) and module.endswith("self_attn_q_proj"):
             found = TEXT_ENCODER_WIDTH.get(int(down.shape[1]))
-            if found:
+            if found == "sd2" or (found and module.startswith("lora_te_")):
                 return found
+    if any(m.startswith("lora_te1_") for m in downs):
+        # SDXL's first text encoder, or an SD1 one under that name (the WebUI reads those too):
+        # 768 wide either way, so the metadata decides
+        return family_from_metadata(metadata) or "sdxl"
     if any(SDXL_ONLY_UNET.match(m) for m in downs):
         return "sdxl"
     from_meta = family_from_metadata(metadata)

@@ -97,8 +97,11 @@ def group_keys(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[s
 
 def kohya_name(module: str, family: str) -> str:
     """The name kohya writes for this module on this family (SDXL UNet: the model's block names;
-    SD1/SD2 UNet: diffusers-style names), so that the same layer has one name in every file."""
+    SD1/SD2 UNet: diffusers-style names; the text encoder: lora_te1_ on SDXL, lora_te_ on SD1/SD2,
+    whose lora_te1_ names the WebUI also reads), so that the same layer has one name in every file."""
     if family != "sdxl":
+        if module.startswith("lora_te1_"):
+            return "lora_te_" + module[len("lora_te1_"):]
         return sd_unet_from_sgm(module)
     if module.startswith("lora_te_"):
         module = "lora_te1_" + module[len("lora_te_"):]

@@ -161,3 +161,37 @@ def test_file_hash_is_the_addnet_hash_of_the_bytes_read(tmp_path):
     pt = tmp_path / "a.pt"
     torch.save(load_file(path), pt)
     assert api.load(pt).file_hash() == a1111_hash(pt)
+
+
+def _te1_named(tensors: dict) -> dict:
+    return {k.replace("lora_te_", "lora_te1_"): v for k, v in tensors.items()}
+
+
+def test_sd1_text_encoder_under_lora_te1_names_merges_module_by_module_with_lora_te_names(tmp_path):
+    """The WebUI reads an SD1 file's lora_te1_ keys as the lora_te_ layers (v1.10.1 networks.py:217-223):
+    both forms must be one module, or a merge would write each layer twice and the host keep one."""
+    keep = lambda n: "layers_0_self_attn" in n or "attn2_to_k" in n  # noqa: E731
+    plain = make_tensors("sd15_lora", rank=2, seed=1, keep=keep)
+    renamed = write_lora(tmp_path / "te1.safetensors", _te1_named(make_tensors("sd15_lora", rank=3, seed=2, keep=keep)),
+                         "sd1")
+    lora = api.load(renamed)
+    assert lora.family == "sd1" and not any(n.startswith("lora_te1_") for n in lora.modules)
+    a = write_lora(tmp_path / "a.safetensors", plain, "sd1")
+    merged = api.merge([a, renamed], mode="concat").lora
+    assert set(merged.modules) == set(api.load(a).modules)
+    want_a, want_b = dense_deltas(a), dense_deltas(renamed)
+    for name, module in merged.modules.items():
+        want = want_a[name].double() + want_b[name.replace("lora_te_", "lora_te1_")].double()
+        assert torch.allclose(module.delta().double(), want, rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize("metadata, family", [({"ss_base_model_version": "sd_v1"}, "sd1"),
+                                              ({"ss_v2": "False"}, "sd1"), ({}, "sdxl"),
+                                              ({"ss_base_model_version": "sdxl_base_v1-0"}, "sdxl")])
+def test_a_text_encoder_only_file_under_lora_te1_names_follows_its_metadata(tmp_path, metadata, family):
+    only_te = _te1_named(make_tensors("sd15_lora", rank=2, seed=3, keep=lambda n: "layers_0_self_attn" in n))
+    path = write_lora(tmp_path / "t.safetensors", only_te, None, metadata)
+    lora = api.load(path)
+    assert lora.family == family
+    prefix = "lora_te1_" if family == "sdxl" else "lora_te_"
+    assert lora.modules and all(n.startswith(prefix) for n in lora.modules)

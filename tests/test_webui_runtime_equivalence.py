@@ -134,3 +134,25 @@ def test_through_the_txt2img_api(sd1):
     assert len(tagged) == 2
     for a, b in zip(tagged, plain):
         assert_close(a, b)
+
+
+def test_an_sd1_file_with_lora_te1_names_applies_as_with_lora(host_factory, tmp_path):
+    """SD1 text-encoder modules named lora_te1_ (the host reads them through a fallback) under <ljl>,
+    alone and joined with a file of lora_te_ names: the text encoder of both inputs counts."""
+    from safetensors.torch import load_file, save_file
+    from host_double.fixtures import write_join, write_lora
+    root = tmp_path / "Lora"
+    root.mkdir()
+    plain = write_lora(root, "P", "sd1", rank=2, seed=1)
+    source = write_lora(root, "src", "sd1", rank=3, seed=2)
+    renamed = root / "T.safetensors"
+    save_file({k.replace("lora_te_", "lora_te1_"): v for k, v in load_file(str(source)).items()}, str(renamed),
+              metadata={"ss_base_model_version": "sd_v1"})
+    assert any(k.startswith("lora_te1_") for k in load_file(str(renamed)))
+    write_join(root, "J", [plain, renamed])
+    host = host_factory("sd1", lora_dir=root)
+    assert_close(gen(host, "a castle <ljl:T:1>"), gen(host, "a castle <lora:T:1>"))
+    joined = gen(host, "a castle <ljl:J:1,1>")
+    assert_close(joined, gen(host, "a castle <lora:P:1><lora:src:1>"))
+    assert_close(gen(host, "a castle <lora:J:1>"), joined)
+    assert_close(gen(host, "a castle <ljl:J:0,1>"), gen(host, "a castle <lora:T:1>"))
