@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rank", type=int, default=None, help="svd: output rank [largest input rank]")
     m.add_argument("--conv-rank", type=int, default=None, help="svd: rank for 3x3 convolutions [--rank]")
     m.add_argument("--energy", type=float, default=None,
-                   help="svd: dynamic rank keeping this fraction of the Frobenius energy (0-1], capped by --rank")
+                   help="svd: dynamic rank keeping this fraction of the Frobenius energy (0-1], capped by --rank "
+                        "(default: the largest input rank)")
     m.add_argument("--lbw", default=None, help="block weights: one spec for all inputs or SPEC;SPEC;… per input")
     m.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     m.add_argument("--device", default="cpu", help="cpu or cuda")

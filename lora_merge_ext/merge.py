@@ -280,10 +280,11 @@ def refuse_svd_options(mode: str, rank, conv_rank, energy) -> None:
 
 
 def _ranks(mode, rank, conv_rank, energy, loras):
-    """The ranks an svd merge aims at (rank defaults to the largest input rank); None outside svd."""
+    """The ranks an svd merge aims at, or caps with an energy share (rank defaults to the largest
+    input rank, as resize tools take a largest rank); None outside svd."""
     if mode != "svd":
         return rank, conv_rank
-    if rank is None and energy is None:
+    if rank is None:
         rank = max(lora.max_rank for lora in loras)
     return rank, conv_rank if conv_rank is not None else rank
 

@@ -158,17 +158,24 @@ def test_svd_is_exact_when_rank_covers_the_inputs(pair, tmp_path):
     assert all(m.rank <= 16 for m in result.lora.modules.values())
 
 
-def test_svd_dynamic_rank_keeps_the_energy(pair, tmp_path):
+@pytest.mark.parametrize("share, rank", [(0.9, 12), (0.999, None), (0.999, 3)])
+def test_svd_dynamic_rank_keeps_the_energy_up_to_the_rank(pair, tmp_path, share, rank):
+    """The rank caps an energy share; without one the cap is the largest input rank (8 here)."""
     a, b = pair
-    result = api.merge([a, b], mode="svd", energy=0.9)
+    result = api.merge([a, b], mode="svd", energy=share, rank=rank)
     got = merged_deltas(result, tmp_path)
     want = target([a, b], [1.0, 1.0])
+    cap = 8 if rank is None else rank
+    capped = 0
     for name, t in want.items():
         s = _singular_values(t)
         energy = torch.cumsum(s ** 2, 0) / (s ** 2).sum()
-        n = int((energy < 0.9).sum()) + 1
+        n = int((energy < share).sum()) + 1
+        capped += n > cap
+        n = min(n, cap)
         assert result.lora.modules[name].rank == n, name
         assert ((got[name] - t).norm() / t.norm()).item() <= _best_error(t, n) * (1 + 1e-3) + 1e-6
+    assert (capped > 0) == (share == 0.999)  # the cap binds where the share asks for more
 
 
 def test_lbw_folds_into_the_weights(pair, tmp_path):

@@ -259,6 +259,7 @@ def test_svd_merge_shows_the_error_plot(page, server):
     page.locator("#ljl_merge_mode label", has_text="svd").click()
     expect(page.locator("#ljl_merge_measure")).to_be_hidden()  # add and svd are always measured
     rank = page.locator("#ljl_merge_rank input")
+    expect(rank).to_have_value("0")  # 0: the largest input rank, as on the command line
     rank.fill("1")
     set_name(page, "browser_svd")
     merge_and_wait(page, "✔ wrote browser_svd.safetensors")
@@ -302,6 +303,14 @@ def test_rows_presets_add_mode_sub_folder_and_a_refused_bake(page, server):
     expect(page.locator("#ljl_merge_row_2")).to_be_visible()
     pick(page, 2, "example_glow")
     expect(first(page, "ljl_merge_info_2")).to_contain_text("SD1")
+    page.locator("#ljl_merge_weight_2 input").fill("-2")
+    type_into(page, "ljl_merge_lbw_2", "OUTD")
+    page.click("#ljl_merge_remove_row")
+    expect(page.locator("#ljl_merge_row_2")).to_be_hidden()
+    page.click("#ljl_merge_add_row")  # the row comes back empty, not at the removed input's weight and lbw
+    expect(page.locator("#ljl_merge_weight_2 input")).to_have_value("1")
+    expect(page.locator("#ljl_merge_lbw_2 textarea, #ljl_merge_lbw_2 input").first).to_have_value("")
+    expect(page.locator("#ljl_merge_input_2 input")).to_have_value("")
     page.click("#ljl_merge_remove_row")
     expect(page.locator("#ljl_merge_row_2")).to_be_hidden()
 

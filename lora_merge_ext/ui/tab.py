@@ -114,8 +114,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                                       elem_id="ljl_merge_measure")
                 with gr.Group(visible=False, elem_id="ljl_merge_svd_options") as svd_options:
                     with gr.Row():
-                        rank = gr.Number(value=8, precision=0, label="rank (cap, with dynamic rank)",
-                                         elem_id="ljl_merge_rank")
+                        rank = gr.Number(value=0, precision=0, label="rank (0: the largest input rank; "
+                                         "the cap, with dynamic rank)", elem_id="ljl_merge_rank")
                         conv_rank = gr.Number(value=0, precision=0, label="conv rank (0: same as rank)",
                                               elem_id="ljl_merge_conv_rank")
                     dynamic = gr.Checkbox(value=False, label="dynamic rank: keep this fraction of the energy",
@@ -175,13 +175,17 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
             picker.change(on_pick, inputs=pickers, outputs=[*infos, family_warning])
 
         def on_rows(count, delta):
+            """Show count rows; a hidden row is reset (LoRA, weight and lbw), so it comes back empty."""
             count = max(2, min(MAX_INPUTS, int(count) + delta))
             updates = [gr.update(visible=i < count) for i in range(MAX_INPUTS)]
-            cleared = [gr.update() if i < count else gr.update(value=None) for i in range(MAX_INPUTS)]
-            return [count, *updates, *cleared]
 
-        add_row.click(lambda c: on_rows(c, +1), inputs=[shown], outputs=[shown, *rows, *pickers])
-        remove_row.click(lambda c: on_rows(c, -1), inputs=[shown], outputs=[shown, *rows, *pickers])
+            def reset(value):
+                return [gr.update() if i < count else gr.update(value=value) for i in range(MAX_INPUTS)]
+            return [count, *updates, *reset(None), *reset(1.0), *reset("")]
+
+        row_outputs = [shown, *rows, *pickers, *weights, *lbws]
+        add_row.click(lambda c: on_rows(c, +1), inputs=[shown], outputs=row_outputs)
+        remove_row.click(lambda c: on_rows(c, -1), inputs=[shown], outputs=row_outputs)
 
         def on_refresh():
             labels, subs = callbacks.refresh(service)
@@ -207,13 +211,11 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                 inputs=[values[p] or "" for p in pickers[:count]],
                 weights=[values[w] for w in weights[:count]],
                 lbw=[values[b] or "" for b in lbws[:count]],
-                mode=values[mode], rank=values[rank], conv_rank=values[conv_rank] or None,
+                mode=values[mode], rank=values[rank] or None, conv_rank=values[conv_rank] or None,
                 energy=values[energy] if values[dynamic] else None,
                 dtype=values[dtype], device=values[device], name=values[name] or "",
                 subfolder=values[subfolder] or "", overwrite=bool(values[overwrite]),
                 measure=bool(values[measure]))
-            if values[mode] == "svd" and values[dynamic] and not values[rank]:
-                req.rank = None
 
             def report(done, total, message):
                 progress(done / max(total, 1), desc=f"merging {done}/{total}: {message}")
