@@ -61,8 +61,14 @@ class _Progress:
 _progress = _Progress()
 
 
+def program_name() -> str:
+    """How the user ran this: the installed `lora-merge` script or `python -m lora_merge_ext`."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "lora-merge" if script.startswith("lora-merge") else "python -m lora_merge_ext"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m lora_merge_ext", description=__doc__)
+    p = OneLineParser(prog=program_name(), description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     m = sub.add_parser("merge", help="merge two or more LoRAs into one file")

@@ -117,3 +117,23 @@ def test_standalone_refuses_a_port_in_use_before_announcing_it(tmp_path, capsys)
         assert standalone.main(["--out-dir", str(tmp_path), "--port", str(port)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and err.count("\n") == 1
+
+
+def test_standalone_without_gradio_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """`pip install .` leaves out the ui extra: the ui command says what to install, status 2."""
+    import sys
+    monkeypatch.setitem(sys.modules, "gradio", None)  # what an import of an absent package meets
+    assert standalone.main(["--lora-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: the ui command needs gradio")
+    assert "pip install 'lora-merge-ext[ui]'" in err
+
+
+@pytest.mark.parametrize("argv0, shown", [("/venv/bin/lora-merge", "lora-merge"),
+                                          ("/src/lora_merge_ext/__main__.py", "python -m lora_merge_ext")])
+def test_usage_names_the_command_as_it_was_run(monkeypatch, argv0, shown):
+    import sys
+    from lora_merge_ext import cli
+    monkeypatch.setattr(sys, "argv", [argv0, "merge"])
+    assert cli.build_parser().format_usage().startswith(f"usage: {shown} ")
+    assert standalone.build_parser().format_usage().startswith(f"usage: {shown} ui ")

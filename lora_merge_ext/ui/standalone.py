@@ -71,15 +71,19 @@ def _port(text: str) -> int:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The options; a bad one raises LoraMergeError (one line)."""
-    from ..cli import OneLineParser
-    parser = OneLineParser(prog="python -m lora_merge_ext ui", description="Serve the LoRA Merge tab in a browser.")
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..cli import OneLineParser, program_name
+    parser = OneLineParser(prog=f"{program_name()} ui", description="Serve the LoRA Merge tab in a browser.")
     parser.add_argument("--lora-dir", help="Lora folder to read inputs from and write merges into "
                                            "(default: the shipped examples, merges go to --out-dir)")
     parser.add_argument("--out-dir", help="where merges go (default: the --lora-dir, or without one "
                                           f"{default_output_dir()})")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=None, help="port (default: the first free one from 7860)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def folders(args: argparse.Namespace) -> list[Path]:
@@ -125,12 +129,16 @@ def main(argv: list[str]) -> int:
         else:
             port = args.port
             check_port(args.host, port)
+        import gradio as gr
+        import uvicorn
+        from fastapi import FastAPI
     except LoraMergeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import gradio as gr
-    import uvicorn
-    from fastapi import FastAPI
+    except ImportError as exc:
+        print(f"error: the ui command needs gradio ({exc.name or exc} is not installed): "
+              "pip install 'lora-merge-ext[ui]', or pip install '.[ui]' in the source folder", file=sys.stderr)
+        return 2
 
     from ..http_api import register
     from .offline_page import OfflinePage
