@@ -5,6 +5,7 @@ import os
 from collections import Counter
 
 from .bundled import embedding_names
+from .errors import LoraMergeError
 from .family import LABELS
 from .layout import METADATA_KEY, layout_of
 from .loading import load_lora
@@ -18,7 +19,12 @@ def describe(path: str) -> dict:
     lora = load_lora(path)
     ranks = Counter(m.rank for m in lora.modules.values())
     alphas = Counter(m.alpha for m in lora.modules.values())
-    layout = layout_of(lora) if METADATA_KEY in lora.metadata else None
+    layout, layout_problem = None, None
+    if METADATA_KEY in lora.metadata:
+        try:
+            layout = layout_of(lora)
+        except LoraMergeError as exc:  # a joined file resized or edited by another tool: still shown
+            layout_problem = str(exc)
     digest = tensor_data_sha256(path) if path.lower().endswith(".safetensors") else None
     stored = lora.metadata.get("sshs_model_hash")
     return {
@@ -31,6 +37,7 @@ def describe(path: str) -> dict:
         "ranks": {str(r): n for r, n in sorted(ranks.items())},
         "alphas": {("none" if a is None else f"{a:g}"): n for a, n in alphas.items()},
         "components": [{"name": c.name, "rank": c.rank} for c in layout.components] if layout else None,
+        "layout_problem": layout_problem,
         "bundled_embeddings": embedding_names(lora.embeddings),
         "sha256": digest,
         "shorthash": digest[:12] if digest else None,
@@ -49,6 +56,9 @@ def format_description(info: dict) -> str:
         lines.append("joined from: " + ", ".join(f"{c['name']} (rank {c['rank']})" for c in info["components"]))
         lines.append("Σ: one number, one per component or one per rank (" +
                      str(sum(c["rank"] for c in info["components"])) + " values)")
+    if info["layout_problem"]:
+        lines.append(f"join layout ({METADATA_KEY}) unusable, so <ljl> and realize refuse this file "
+                     f"(<lora> applies it whole): {info['layout_problem']}")
     if info["bundled_embeddings"]:
         lines.append("bundled embeddings: " + ", ".join(info["bundled_embeddings"]))
     if info["sha256"]:

@@ -162,3 +162,26 @@ def test_a_signal_during_the_write_leaves_nothing_behind(files, tmp_path, name, 
     assert r.returncode == status, r.stderr
     assert r.stderr.strip().splitlines()[-1] == "error: interrupted; nothing was written"
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary file
+
+
+def test_inspect_shows_a_joined_file_whose_layout_no_longer_fits(files, tmp_path):
+    """A join resized by another tool (tensors cut to rank 4, ljl_layout kept): described, with the
+    layout flagged, rather than refused; realize still refuses it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    _, a, b = files
+    joined = tmp_path / "j.safetensors"
+    assert run("merge", a, b, "-o", joined, "--quiet").returncode == 0
+    with safe_open(str(joined), "pt") as f:
+        metadata = f.metadata()
+    cut = {k: (v[:4] if k.endswith("lora_down.weight") else v[:, :4] if k.endswith("lora_up.weight") else v)
+           for k, v in load_file(str(joined)).items()}
+    resized = tmp_path / "resized.safetensors"
+    save_file({k: v.contiguous() for k, v in cut.items()}, str(resized), metadata=metadata)
+    r = run("inspect", resized)
+    assert r.returncode == 0, r.stderr
+    assert "ranks: 4 ×18" in r.stdout and "join layout (ljl_layout) unusable" in r.stdout and "has rank 6" in r.stdout
+    info = json.loads(run("inspect", resized, "--json").stdout)
+    assert info["components"] is None and "has rank 6, the file has 4" in info["layout_problem"]
+    r = run("realize", resized, "-o", tmp_path / "x.safetensors", "--sigma", "1,0")
+    assert r.returncode == 2 and "has rank 6, the file has 4" in r.stderr
