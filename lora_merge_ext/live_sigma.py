@@ -33,6 +33,9 @@ class LiveLora:
         self.te, self.unet = te, unet
         self.layers = _match_layers(model, lora)
         missing = sorted(set(lora.modules) - set(self.layers))
+        if lora.modules and not self.layers:  # names of another convention (diffusers vs kohya…): say so
+            raise LoraMergeError(f"no layer of the model matches a module of the LoRA (e.g. {missing[0]}); "
+                                 "layers are found by kohya name: the model path a.b.c is module a_b_c")
         if strict and missing:
             raise LoraMergeError(f"{len(missing)} LoRA modules have no layer in the model, e.g. {missing[0]}")
         self.unmatched = missing

@@ -240,3 +240,18 @@ def test_a_removed_lora_cannot_be_changed_any_more(joined):
         set_lora_diag(model, "0")
     with pytest.raises(LoraMergeError, match="was removed"):
         set_lora_diag(live, "0")
+
+
+def test_apply_lora_refuses_a_model_none_of_whose_layers_match(joined):
+    """Layer names of another convention would otherwise apply nothing without a word; a model that
+    holds some of the layers (the UNet without the text encoder) is fine."""
+    _, _, j = joined
+    lora = api.load(j)
+    other = torch.nn.Sequential(torch.nn.Linear(320, 320))
+    before = [p.clone() for p in other.parameters()]
+    with pytest.raises(LoraMergeError, match="no layer of the model matches a module of the LoRA"):
+        apply_lora(other, lora, "1")
+    assert not other._forward_hooks and not other[0]._forward_hooks
+    assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))
+    live = apply_lora(TinyUNet(), lora, "1")
+    assert live.layers and live.unmatched
