@@ -10,7 +10,8 @@ from .bundled import embedding_names, is_bundled
 from .errors import LoraMergeError
 from .family import detect_family
 from .finite_check import find_nonfinite
-from .key_names import is_sgm_name, sd_unet_from_sgm, sdxl_unet_to_sgm, split_key, unsupported_type
+from .key_names import (KOHYA_SUFFIXES, PEFT_SUFFIXES, is_sgm_name, sd_unet_from_sgm, sdxl_unet_to_sgm, split_key,
+                        unsupported_type)
 from .lora_file import LoraFile, LoraModule
 from .safetensors_io import read_state_file
 from .workers import one_torch_thread
@@ -84,7 +85,7 @@ def group_keys(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[s
         if parts is None:
             if key.startswith(CHECKPOINT_PREFIXES):
                 raise LoraMergeError(f"{label}: this is a model checkpoint, not a LoRA (key {key})")
-            raise LoraMergeError(f"{label}: key {key} is not a LoRA key (expected .lora_down/.lora_up/.alpha)")
+            raise LoraMergeError(f"{label}: key {key} is not a LoRA key ({_key_problem(key)})")
         module, role, _form = parts
         roles = groups.setdefault(module, {})
         if role in roles:
@@ -93,6 +94,14 @@ def group_keys(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[s
     if not groups:
         raise LoraMergeError(f"{label}: no LoRA modules found")
     return groups
+
+
+def _key_problem(key: str) -> str:
+    """Why a key is not read: its ending, or (for a LoRA ending) its module name's form."""
+    if key.endswith(tuple("." + s for s in (*KOHYA_SUFFIXES, *PEFT_SUFFIXES))):
+        return ("its module name is in no form this tool reads: kohya lora_unet_/lora_te_/lora_te1_/lora_te2_, "
+                "or diffusers/PEFT unet./text_encoder./text_encoder_2./base_model.model. paths")
+    return "expected .lora_down/.lora_up/.alpha"
 
 
 def kohya_name(module: str, family: str) -> str:

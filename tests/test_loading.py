@@ -195,3 +195,15 @@ def test_a_text_encoder_only_file_under_lora_te1_names_follows_its_metadata(tmp_
     assert lora.family == family
     prefix = "lora_te1_" if family == "sdxl" else "lora_te_"
     assert lora.modules and all(n.startswith(prefix) for n in lora.modules)
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("diffusion_model.input_blocks.4.1.proj_in.lora_down.weight", "its module name is in no form this tool reads"),
+    ("lora_unet_mid_block_attentions_0_proj_in.weight", "expected .lora_down/.lora_up/.alpha"),
+])
+def test_a_key_that_is_not_read_says_whether_its_ending_or_its_name_is_the_problem(tmp_path, key, reason):
+    t = make_tensors("sd15_lora", keep=lambda n: "attn1_to_q" in n)
+    t[key] = torch.zeros(2, 320)
+    with pytest.raises(LoraMergeError, match="is not a LoRA key") as exc:
+        api.load(write_lora(tmp_path / "x.safetensors", t))
+    assert reason in str(exc.value) and key in str(exc.value)
