@@ -24,6 +24,7 @@ from .merge_report import MergeReport
 from .output_metadata import output_metadata
 from .pointwise import flat_modules_to_widen
 from .realize import realize_lora
+from .safetensors_header import show
 from .safetensors_write import save_safetensors_atomic
 from .sigma import parse_sigma
 from .workers import map_in_workers, worker_count
@@ -75,6 +76,7 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
     the file where the OS offers positioned reads and writes (see concat_stream: faster, and the
     result is never held in memory); anything else is merged in memory, then saved.  The file and
     the report are the same either way."""
+    check_output_name(output)
     inputs = list(inputs)
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
     canonical = canonical_mode(mode)
@@ -155,6 +157,7 @@ def save(lora: LoraFile, path: str | os.PathLike, *, dtype: str = "fp32", overwr
     """Write kohya-format safetensors atomically; never over an input, nor an existing file unless overwrite."""
     target = torch_dtype(dtype)
     path = os.fspath(path)
+    check_output_name(path)
     if not lora.modules:
         raise LoraMergeError(f"{path}: the LoRA has no modules (Σ or lbw switched every one off); nothing to save")
     tensors = state_dict(lora, target)
@@ -167,6 +170,14 @@ def save(lora: LoraFile, path: str | os.PathLike, *, dtype: str = "fp32", overwr
                                      protect=[*lora.sources, *([lora.path] if lora.path else []), *protect],
                                      hashed=lora.data_hash)
     return SavedFile(path, digest, os.path.getsize(path))
+
+
+def check_output_name(path: str | os.PathLike) -> None:
+    """The output is safetensors: under a .pt or extension-less name the WebUI would read it as a
+    pickle, or not list it."""
+    if os.path.splitext(os.fspath(path))[1].lower() != ".safetensors":
+        raise LoraMergeError(f"{show(os.fspath(path), 400)}: the output is a safetensors file; "
+                             "name it NAME.safetensors")
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 from . import api
 from .atomic_write import check_target
@@ -108,16 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_output_suffix(path: str) -> None:
-    """The output is safetensors: a .pt or extension-less name would be read as something else (or not
-    listed) by the WebUI."""
-    if Path(path).suffix.lower() != ".safetensors":
-        raise LoraMergeError(f"{show(path)}: the output is a safetensors file; name it NAME.safetensors")
-
-
 def _merge(args) -> int:
     inputs = args.inputs
-    _check_output_suffix(args.output)
+    api.check_output_name(args.output)
     check_target(args.output, overwrite=args.overwrite, protect=inputs)
     weights = _weights(args.weights) if args.weights is not None else None
     lbw = args.lbw.split(";") if args.lbw is not None else None
@@ -132,7 +124,7 @@ def _merge(args) -> int:
 
 
 def _realize(args) -> int:
-    _check_output_suffix(args.output)
+    api.check_output_name(args.output)
     check_target(args.output, overwrite=args.overwrite, protect=[args.input])
     lora = api.realize(args.input, args.sigma, lbw=args.lbw, te=args.te, unet=args.unet)
     if not lora.modules:

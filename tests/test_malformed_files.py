@@ -12,7 +12,6 @@ import os
 import pickle
 import struct
 import tracemalloc
-import zipfile
 from pathlib import Path
 
 import pytest

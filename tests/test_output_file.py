@@ -87,6 +87,19 @@ def test_existing_files_and_inputs_are_never_replaced(inputs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors", "out.safetensors"]
 
 
+@pytest.mark.parametrize("name", ["out.pt", "out.ckpt", "out", "out.safetensors.bak"])
+def test_the_api_writes_safetensors_names_only(inputs, tmp_path, name):
+    """The WebUI would read a .pt or .ckpt as a pickle, or not list the file: refused as by the CLI."""
+    a, b = inputs
+    for write in (lambda: api.save(api.merge([a, b]).lora, tmp_path / name),
+                  lambda: api.merge_to_file([a, b], tmp_path / name),
+                  lambda: api.save(api.realize(a, "1"), tmp_path / name)):
+        with pytest.raises(LoraMergeError, match="name it NAME.safetensors"):
+            write()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]
+    api.merge_to_file([a, b], tmp_path / "OUT.SafeTensors")  # the case of the extension does not matter
+
+
 def test_merged_file_reads_back_as_a_lora_with_components(inputs, tmp_path):
     saved = api.save(api.merge(list(inputs)).lora, tmp_path / "j.safetensors")
     from lora_merge_ext.inspect_file import describe
