@@ -74,7 +74,8 @@ def test_an_embedding_two_inputs_disagree_on_is_refused(inputs, tmp_path):
     out = tmp_path / "out.safetensors"
     api.merge_to_file([a, same], out)  # the same vectors: kept once
     assert torch.equal(load_file(str(out))[EMB], mine)
-    with pytest.raises(LoraMergeError, match="bundled embedding 'mychar' differs between a and differs"):
+    with pytest.raises(LoraMergeError, match=r"bundled embedding 'mychar' differs between a and differs; rename or "
+                                             r"remove it in one of the files \(its keys: bundle_emb.mychar.…\)"):
         api.merge_to_file([a, differs], tmp_path / "refused.safetensors")
     assert not (tmp_path / "refused.safetensors").exists()
 
