@@ -201,3 +201,16 @@ def test_a_cleared_slider_box_is_refused_by_tag_and_bake_alike(service):
         per_rank_vector(LAYOUT, ["x", 1])
     with pytest.raises(LoraMergeError, match="not a finite number"):
         per_rank_vector(LAYOUT, [1, math.inf])
+
+
+def test_the_tab_bakes_beside_the_source_file(service, tmp_path):
+    sub = MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="joined", subfolder="mixes")
+    view = callbacks.merge(service, sub)
+    assert view.ok and (tmp_path / "mixes" / "joined.safetensors").is_file()
+    baked = callbacks.bake(service, view.state, [1.0, 0.0], "", "", "style_part", None, False, "fp16")
+    assert baked.ok and (tmp_path / "mixes" / "style_part.safetensors").is_file()
+    root_file = callbacks.open_for_tag(service, "style.safetensors")
+    baked = callbacks.bake(service, root_file.state, [0.5], "", "", "style_half", None, False, "fp16")
+    assert baked.ok and (tmp_path / "style_half.safetensors").is_file()
+    assert service.subfolder_of(tmp_path / "a" / "b" / "deep.safetensors") == ""
+    assert service.subfolder_of(tmp_path.parent / "elsewhere.safetensors") == ""

@@ -162,11 +162,14 @@ def tag(state: dict | None, sliders: Sequence[float], advanced: str = "", lbw: s
 
 
 def bake(service: MergeService, state: dict | None, sliders: Sequence[float], advanced: str, lbw: str, name: str,
-         subfolder: str, overwrite: bool, dtype: str) -> ResultView:
-    """"Save with Σ": write the last result realised at the current sliders and lbw."""
+         subfolder: str | None, overwrite: bool, dtype: str) -> ResultView:
+    """"Save with Σ": write the last result realised at the current sliders and lbw (subfolder None:
+    next to the file it is baked from)."""
     try:
         layout = state_layout(state)
         sigma = tag_builder.sigma_text(layout, sliders, advanced or "")
+        if subfolder is None:
+            subfolder = service.subfolder_of(state["path"])
         outcome = service.bake(state["path"], sigma, lbw or "", name, subfolder=subfolder or "",
                                overwrite=bool(overwrite), dtype=dtype or "fp16")
     except LoraMergeError as exc:

@@ -189,6 +189,15 @@ class MergeService:
     def subfolders(self) -> list[str]:
         return self.library.subfolders()
 
+    def subfolder_of(self, path: str | os.PathLike) -> str:
+        """The sub-folder of the output folder a file lies in ("" for the folder itself, or for a file
+        elsewhere or deeper): where a file baked from it goes, next to it."""
+        try:
+            relative = Path(path).resolve().relative_to(self.library.output_dir.resolve())
+        except ValueError:
+            return ""
+        return relative.parts[0] if len(relative.parts) == 2 else ""
+
     def describe(self, label: str) -> InputInfo:
         return describe(self.library.path_of(label))
 

@@ -160,7 +160,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                     to_txt2img = gr.Button("→ txt2img prompt", elem_id="ljl_merge_to_txt2img")
                     to_img2img = gr.Button("→ img2img prompt", elem_id="ljl_merge_to_img2img")
                 with gr.Row():
-                    bake_name = gr.Textbox(label="name for the baked file", elem_id="ljl_merge_bake_name", scale=3)
+                    bake_name = gr.Textbox(label="name for the baked file (saved beside the file above)",
+                                           elem_id="ljl_merge_bake_name", scale=3)
                     bake_overwrite = gr.Checkbox(value=False, label="overwrite an existing file",
                                                  elem_id="ljl_merge_bake_overwrite")
                     bake_button = gr.Button("Save with Σ", elem_id="ljl_merge_bake")
@@ -264,15 +265,15 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
         for control in [*sliders, advanced, tag_lbw]:
             control.change(on_tag, inputs=tag_inputs, outputs=[tag, tag_message])
 
-        def on_bake(state, adv, lbw, out_name, sub, over, dt, *values):
-            view = callbacks.bake(service, state, values, adv, lbw, out_name, sub, over, dt)
+        def on_bake(state, adv, lbw, out_name, over, dt, *values):
+            view = callbacks.bake(service, state, values, adv, lbw, out_name, None, over, dt)  # beside its source
             if not view.ok:
                 return [view.status, *[gr.update() for _ in pickers], gr.update()]
             return [f"{view.status}  \n{view.summary}", *[gr.update(choices=view.choices) for _ in pickers],
                     gr.update(choices=view.choices)]
 
-        baked = bake_button.click(on_bake, inputs=[result, advanced, tag_lbw, bake_name, subfolder, bake_overwrite,
-                                                   dtype, *sliders], outputs=[bake_status, *pickers, tag_file])
+        baked = bake_button.click(on_bake, inputs=[result, advanced, tag_lbw, bake_name, bake_overwrite, dtype,
+                                                   *sliders], outputs=[bake_status, *pickers, tag_file])
         if webui:
             baked.then(None, inputs=None, outputs=None, **js_kwargs("() => { ljlMergeRefreshCards(); }"))
             to_txt2img.click(None, inputs=[tag], outputs=None,
