@@ -31,6 +31,7 @@ from . import names
 from .host_names import files_answering_to
 from .input_info import InputInfo, check_families, describe, size_text
 from .library import LoraLibrary
+from .numbers import number_or_none
 from .output_folders import folder_for_write
 
 MIN_INPUTS = 2
@@ -142,25 +143,9 @@ def _finite(x: float):
     return x if math.isfinite(x) else None
 
 
-def _number_or_none(value, what: str, integer: bool = False):
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise LoraMergeError(f"{what} '{value}' is not a number") from None
-    if not math.isfinite(number):
-        raise LoraMergeError(f"{what} {value} is not a finite number")
-    if integer:
-        if number != int(number) or number < 1:
-            raise LoraMergeError(f"{what} {value} must be a positive whole number")
-        return int(number)
-    return number
-
-
 def _weight(value, label: str) -> float:
     """An input's weight; an empty box is refused rather than read as 1."""
-    number = _number_or_none(value, f"weight of {show(label, 80)!r}")
+    number = number_or_none(value, f"weight of {show(label, 80)!r}")
     if number is None:
         raise LoraMergeError(f"the weight of {show(label, 80)!r} is empty: enter a number")
     return number
@@ -255,9 +240,9 @@ class MergeService:
         paths, weights, lbw, out = self.check_request(req)
         mode = canonical_mode(req.mode)
         svd = mode == "svd"
-        rank = _number_or_none(req.rank, "rank", integer=True) if svd else None
-        conv_rank = _number_or_none(req.conv_rank, "conv rank", integer=True) if svd else None
-        energy = _number_or_none(req.energy, "energy") if svd else None
+        rank = number_or_none(req.rank, "rank", integer=True) if svd else None
+        conv_rank = number_or_none(req.conv_rank, "conv rank", integer=True) if svd else None
+        energy = number_or_none(req.energy, "energy") if svd else None
 
         def work() -> SavedOutcome:
             with self._writing(out, req, paths):

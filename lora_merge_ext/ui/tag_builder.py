@@ -5,7 +5,6 @@ Sliders give one weight per component; the advanced field, when filled, takes an
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Sequence
 
@@ -13,6 +12,7 @@ from ..errors import LoraMergeError
 from ..layout import JoinLayout
 from ..ljl_tag import format_vector
 from ..sigma import parse_sigma, show
+from .numbers import number_or_none
 
 TAG_FORBIDDEN = (":", "<", ">")
 
@@ -38,14 +38,9 @@ def per_rank_vector(layout: JoinLayout, sliders: Sequence[float], advanced: str 
 def _slider_value(value, index: int, component: str) -> float:
     """A slider's number; a cleared number box (None) or a non-number is refused, naming the component."""
     what = f"Σ of component {index + 1} ({show(component)})"
-    if value is None or (isinstance(value, str) and not value.strip()):
+    number = number_or_none(value, what)
+    if number is None:
         raise LoraMergeError(f"{what} is empty: enter a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise LoraMergeError(f"{what} '{show(str(value))}' is not a number") from None
-    if not math.isfinite(number):
-        raise LoraMergeError(f"{what} {value} is not a finite number")
     return number
 
 
