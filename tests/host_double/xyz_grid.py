@@ -16,8 +16,8 @@ host facts in reference A1111_HOST_API.md §5 — the parts a third-party axis m
   z is outside y, y outside x).
 
 Only a few built-in axes are defined (Nothing, Seed, Steps, CFG Scale, and Prompt S/R, which
-replaces its first value by the cell's in the prompt and negative prompt, not the hires prompt).  No grid image is drawn:
-``run`` returns an ``XyzResult``.  Load the file the way the host does (``modules.script_loading``):
+replaces its first value by the cell's in the prompt and negative prompt, not the hires prompt).
+No grid image is drawn: ``run`` returns an ``XyzResult``.  Load the file the way the host does (``modules.script_loading``):
 its classes then report ``__module__ == "xyz_grid.py"`` and it is not in ``sys.modules``.
 """
 import csv
