@@ -34,7 +34,7 @@ def joined_embeddings(loras: list, names: list[str]) -> dict[str, torch.Tensor]:
         for key, tensor in getattr(lora, "embeddings", {}).items():
             held = out.get(key)
             if held is not None and not (held.shape == tensor.shape and torch.equal(held.float(), tensor.float())):
-                emb = embedding_names([key])[0]
+                emb = split_bundled(key)[0]
                 raise LoraMergeError(f"bundled embedding '{emb}' differs between {owner[key]} and {name}; "
                                      f"rename or remove it in one of the files (its keys: bundle_emb.{emb}.…)")
             out.setdefault(key, tensor)

@@ -144,7 +144,7 @@ def check_inputs(loras: list, names: list[str], mode: str, weights, lbw, rank, c
     weights = input_weights(weights, n)
     family = _common_family(loras, names)
     factors = _block_weights(lbw, n, family, presets)
-    rank, conv_rank = _ranks(mode, rank, conv_rank, energy, loras)
+    rank, conv_rank = _ranks(mode, rank, conv_rank, loras)
     order = _module_order(loras, names)
     _check_output_size(mode, order, loras, rank, conv_rank)
     return MergePlan(weights, factors, family, rank, conv_rank, order, joined_embeddings(loras, names))
@@ -279,7 +279,7 @@ def refuse_svd_options(mode: str, rank, conv_rank, energy) -> None:
             raise LoraMergeError(f"{' and '.join(given)} only {verb} to svd merges (mode {mode} keeps every rank)")
 
 
-def _ranks(mode, rank, conv_rank, energy, loras):
+def _ranks(mode, rank, conv_rank, loras):
     """The ranks an svd merge aims at, or caps with an energy share (rank defaults to the largest
     input rank, as resize tools take a largest rank); None outside svd."""
     if mode != "svd":

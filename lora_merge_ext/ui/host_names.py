@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..safetensors_header import MAX_HEADER_BYTES
 from .library import walk_files
 
 HOST_EXTENSIONS = (".safetensors", ".pt", ".ckpt")  # what the WebUI lists as LoRAs
-MAX_HEADER_BYTES = 100 * 2**20
 
 
 def files_answering_to(name: str, folders: list[Path]) -> list[tuple[Path, str]]:
