@@ -113,10 +113,7 @@ def first(pg, elem_id):
 
 
 def pick(pg, row, text):
-    box = pg.locator(f"#ljl_merge_input_{row} input")
-    box.click()
-    box.fill(text)  # the dropdown is searchable: typing filters it
-    pg.locator(f"#ljl_merge_input_{row} ul.options li", has_text=text).first.click()
+    choose(pg, f"ljl_merge_input_{row}", text)  # the dropdown is searchable: typing filters it
 
 
 def set_name(pg, name):
@@ -278,15 +275,26 @@ def test_a_bad_name_is_refused_in_the_status_line(page, server):
     assert sorted(p.name for p in out_dir.iterdir()) == before
 
 
-def choose(pg, elem_id, text, custom=False):
-    """Pick text in a searchable dropdown (or type a custom value and press Enter)."""
+def choose(pg, elem_id, text, custom=False, wait_s=120):
+    """Pick text in a searchable dropdown (or type a custom value and press Enter).  A choice that a
+    refresh still under way adds is waited for: an open list does not take new choices, so it is
+    opened again until the choice shows."""
     box = pg.locator(f"#{elem_id} input")
-    box.click()
-    box.fill(text)
-    if custom:
-        box.press("Enter")
-    else:
-        pg.locator(f"#{elem_id} ul.options li", has_text=text).first.click()
+    option = pg.locator(f"#{elem_id} ul.options li", has_text=text).first
+    deadline = time.monotonic() + wait_s
+    while True:
+        box.click()
+        box.fill(text)
+        if custom:
+            box.press("Enter")
+            return
+        try:
+            option.click(timeout=1000)
+            return
+        except sync_api.TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+            pg.locator("#ljl_merge_settings_title").first.click()  # close the list
 
 
 def type_into(pg, elem_id, text):
