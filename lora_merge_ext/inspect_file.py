@@ -5,9 +5,8 @@ import os
 from collections import Counter
 
 from .bundled import embedding_names
-from .errors import LoraMergeError
 from .family import LABELS
-from .layout import METADATA_KEY, layout_of
+from .layout import METADATA_KEY, layout_or_problem
 from .loading import load_lora
 from .safetensors_io import tensor_data_sha256
 
@@ -19,12 +18,9 @@ def describe(path: str) -> dict:
     lora = load_lora(path)
     ranks = Counter(m.rank for m in lora.modules.values())
     alphas = Counter(m.alpha for m in lora.modules.values())
-    layout, layout_problem = None, None
-    if METADATA_KEY in lora.metadata:
-        try:
-            layout = layout_of(lora)
-        except LoraMergeError as exc:  # a joined file resized or edited by another tool: still shown
-            layout_problem = str(exc)
+    layout, layout_problem = layout_or_problem(lora) if METADATA_KEY in lora.metadata else (None, None)
+    if layout_problem:  # a joined file resized or edited by another tool: still shown
+        layout = None
     digest = tensor_data_sha256(path) if path.lower().endswith(".safetensors") else None
     stored = lora.metadata.get("sshs_model_hash")
     return {

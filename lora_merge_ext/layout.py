@@ -96,12 +96,26 @@ class JoinLayout:
 
 def layout_of(lora) -> JoinLayout:
     """The join layout of a LoraFile: from its metadata when joined, else a single component."""
-    ranks = {name: m.rank for name, m in lora.modules.items()}
-    where = lora.path or "LoRA"
     text = lora.metadata.get(METADATA_KEY)
-    if text:
-        layout = JoinLayout.from_metadata(text, where)
-        layout.check(ranks, where)
-        return layout
+    if not text:
+        return _single(lora)
+    where = lora.path or "LoRA"
+    layout = JoinLayout.from_metadata(text, where)
+    layout.check({name: m.rank for name, m in lora.modules.items()}, where)
+    return layout
+
+
+def layout_or_problem(lora) -> tuple[JoinLayout, str | None]:
+    """(layout, None), or, for a joined file whose layout no longer fits its tensors (resized or edited
+    by another tool), (a single component, why, without the file's name): such a file still merges,
+    and <lora> applies it whole."""
+    try:
+        return layout_of(lora), None
+    except LoraMergeError as exc:
+        return _single(lora), str(exc).removeprefix(f"{lora.path or 'LoRA'}: ")
+
+
+def _single(lora) -> JoinLayout:
+    """The whole file as one component, named after the file."""
     stem = os.path.splitext(os.path.basename(lora.path))[0] if lora.path else "lora"
-    return JoinLayout.single(stem, ranks)
+    return JoinLayout.single(stem, {name: m.rank for name, m in lora.modules.items()})

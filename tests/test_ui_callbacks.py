@@ -4,6 +4,7 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
+import torch
 
 from lora_factory import make_lora
 from lora_merge_ext.layout import Component, JoinLayout
@@ -172,6 +173,35 @@ def test_any_file_of_the_folders_can_feed_the_tag_builder(service):
     assert plain.ok and plain.tag == "<ljl:face:1>" and sum(s.visible for s in plain.sliders) == 1
     missing = callbacks.open_for_tag(service, "../nope.safetensors")
     assert not missing.ok and "outside the Lora folders" in missing.status
+
+
+def test_a_join_resized_by_another_tool_merges_whole_and_is_refused_by_the_tag_builder(service, tmp_path):
+    """A joined file whose ljl_layout no longer fits its tensors (cut to rank 4 of 6 elsewhere): the
+    tab shows why, merges it as one component, as the command line does, and offers no Σ for it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from delta_oracle import dense_deltas
+    callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="joined",
+                                          dtype="fp32"))
+    with safe_open(str(tmp_path / "joined.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    cut = {k: (v[:4] if k.endswith("lora_down.weight") else v[:, :4] if k.endswith("lora_up.weight") else v)
+           for k, v in load_file(str(tmp_path / "joined.safetensors")).items()}
+    save_file({k: v.contiguous() for k, v in cut.items()}, str(tmp_path / "resized.safetensors"), metadata=metadata)
+    service.refresh()
+    line, _ = callbacks.describe_inputs(service, ["resized.safetensors", "style.safetensors"])
+    assert "join layout unusable" in line[0] and "has rank 6, the file has 4" in line[0]
+    view = callbacks.merge(service, MergeRequest(inputs=["resized.safetensors", "style.safetensors"],
+                                                 weights=[1.0, -0.5], name="again", dtype="fp32"))
+    assert view.ok, view.status
+    assert [s.label for s in view.sliders if s.visible] == ["resized (rank 4)", "style (rank 2)"]
+    resized, style = dense_deltas(tmp_path / "resized.safetensors"), dense_deltas(tmp_path / "style.safetensors")
+    merged = dense_deltas(tmp_path / "again.safetensors")
+    assert merged.keys() == resized.keys()
+    for name in merged:
+        torch.testing.assert_close(merged[name], resized[name] - 0.5 * style[name], rtol=1e-6, atol=1e-7)
+    refused = callbacks.open_for_tag(service, "resized.safetensors")
+    assert not refused.ok and "<ljl> cannot use this file" in refused.status and "has rank 6" in refused.status
 
 
 def test_the_tag_builder_refuses_an_lbw_the_tag_would_be_skipped_for(service):

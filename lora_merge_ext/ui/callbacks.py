@@ -135,6 +135,8 @@ def open_for_tag(service: MergeService, label: str | None) -> ResultView:
     try:
         path = service.library.path_of(label)
         info = describe(path)
+        if info.layout_problem:  # <ljl> and the bake refuse it, as realize does
+            raise LoraMergeError(f"<ljl> cannot use this file: {info.layout_problem}")
         layout = JoinLayout([Component(n, r) for n, r in info.components])
         state = {"path": str(path), "label": label, "name": tag_builder.tag_name(path),
                  "layout": layout.to_metadata(), "family": info.family}

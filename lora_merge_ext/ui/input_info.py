@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import LoraMergeError
 from ..family import LABELS
-from ..layout import layout_of
+from ..layout import layout_or_problem
 from ..loading import load_lora
 
 
@@ -22,6 +22,7 @@ class InputInfo:
     conv_modules: int
     components: tuple[tuple[str, int], ...]  # (name, rank) of a joined file; one entry for a plain LoRA
     size: int
+    layout_problem: str | None = None  # a join layout that no longer fits the tensors: one component then
 
     @property
     def family_label(self) -> str:
@@ -48,6 +49,8 @@ class InputInfo:
                  _size_text(self.size)]
         if self.joined:
             parts.append("joined: " + ", ".join(f"{n} (r{r})" for n, r in self.components))
+        if self.layout_problem:
+            parts.append(f"⚠ join layout unusable, merged and applied whole: {self.layout_problem}")
         return " · ".join(parts)
 
 
@@ -92,7 +95,7 @@ def describe(path: str | os.PathLike) -> InputInfo:
             _CACHE.move_to_end(key)
             return _CACHE[key]
     lora = load_lora(path)
-    layout = layout_of(lora)
+    layout, layout_problem = layout_or_problem(lora)
     mods = list(lora.modules.values())
     info = InputInfo(
         path=path,
@@ -103,6 +106,7 @@ def describe(path: str | os.PathLike) -> InputInfo:
         conv_modules=sum(1 for m in mods if m.is_conv),
         components=tuple((c.name, c.rank) for c in layout.components),
         size=st.st_size,
+        layout_problem=layout_problem,
     )
     with _CACHE_LOCK:
         _CACHE[key] = info
