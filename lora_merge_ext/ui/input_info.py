@@ -50,7 +50,7 @@ class InputInfo:
         if self.joined:
             parts.append("joined: " + ", ".join(f"{n} (r{r})" for n, r in self.components))
         if self.layout_problem:
-            parts.append(f"⚠ join layout unusable, merged and applied whole: {self.layout_problem}")
+            parts.append(f"⚠ join layout unusable (merged as one component; <ljl> refuses it): {self.layout_problem}")
         return " · ".join(parts)
 
 
