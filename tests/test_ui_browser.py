@@ -264,6 +264,17 @@ def test_svd_merge_shows_the_error_plot(page, server):
     expect(first(page, "ljl_merge_summary")).to_contain_text("svd · rank 1")
     assert load_lora(out_dir / "browser_svd.safetensors").max_rank == 1
 
+    page.click("#ljl_merge_remove_row")  # one LoRA resized: the picked second row is taken away
+    expect(page.locator("#ljl_merge_row_1")).to_be_hidden()
+    set_name(page, "browser_resized")
+    merge_and_wait(page, "✔ wrote browser_resized.safetensors")
+    provenance = json.loads(load_lora(out_dir / "browser_resized.safetensors").metadata["ljl_provenance"])
+    assert [os.path.basename(i["file"]) for i in provenance["inputs"]] == ["example_ink.safetensors"]
+    page.click("#ljl_merge_add_row")
+    expect(page.locator("#ljl_merge_input_1 input")).to_have_value("")  # back empty
+    pick(page, 1, "example_pastel")
+    expect(first(page, "ljl_merge_info_1")).to_contain_text("SD1 · rank 2")
+
 
 def test_a_bad_name_is_refused_in_the_status_line(page, server):
     _, out_dir = server

@@ -176,8 +176,9 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
             picker.change(on_pick, inputs=pickers, outputs=[*infos, family_warning])
 
         def on_rows(count, delta):
-            """Show count rows; a hidden row is reset (LoRA, weight and lbw), so it comes back empty."""
-            count = max(2, min(MAX_INPUTS, int(count) + delta))
+            """Show count rows (one is enough for an svd resize); a hidden row is reset (LoRA, weight and
+            lbw), so it comes back empty: the way to empty a picked row."""
+            count = max(1, min(MAX_INPUTS, int(count) + delta))
             updates = [gr.update(visible=i < count) for i in range(MAX_INPUTS)]
 
             def reset(value):
