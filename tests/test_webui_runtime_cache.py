@@ -174,3 +174,53 @@ def test_a_new_checkpoint_gets_new_networks_and_the_old_one_is_let_go(host_facto
     gc.collect()
     assert all(ref() is None for ref in old_layers)
     assert_close(tagged, gen(host, "x <lora:A:1>"))
+
+
+def _reload_ui():
+    """What the host does on "Reload UI": scripts unloaded and loaded again; the processing
+    classes, and so their cond caches, stay."""
+    from modules import extra_networks, script_callbacks, scripts
+    script_callbacks.script_unloaded_callback()
+    scripts.load_scripts(())
+    for runner in scripts.create_script_runners():
+        runner.setup_ui()
+    extra_networks.initialize()
+    extra_networks.register_default_extra_networks()
+    script_callbacks.before_ui_callback()
+
+
+def _stage(outs, stage):
+    return {k: v for k, v in outs.items() if k[0] == stage}
+
+
+def test_a_file_rewritten_across_a_ui_reload_gives_new_conds(host_factory, lora_dir):
+    """The runtime's memory of which networks a tag text gave is reset by a reload; the host's cond
+    cache is not, so a tag text it does not remember must not reuse the host's conds."""
+    host = host_factory("sd1", lora_dir=lora_dir)
+    before = gen(host, "x <ljl:J:1,0>")
+    os.remove(lora_dir / "J.safetensors")
+    write_join(lora_dir, "J", [lora_dir / "C.safetensors", lora_dir / "B.safetensors"])
+    _reload_ui()
+    after = gen(host, "x <ljl:J:1,0>")
+    assert_differs(_stage(before, "cond"), _stage(after, "cond"))
+    assert_close(after, gen(host, "x <lora:C:1>"))
+
+
+def test_a_hires_tag_text_forgotten_among_many_others_gives_new_conds(host_factory, lora_dir):
+    host = host_factory("sd1", lora_dir=lora_dir)
+    from modules import processing
+    from lora_merge_ext.webui.runtime_state import MAX_REMEMBERED_PROMPTS, current
+
+    def hires_conds(hr_prompt):
+        p = host.processing(prompt="a", seed=1, enable_hr=True, hr_prompt=hr_prompt)
+        processing.process_images(p)
+        return p.hr_c[0]
+
+    before = hires_conds("b <ljl:J:1,0>")
+    for i in range(MAX_REMEMBERED_PROMPTS):  # the tag texts of a large X/Y/Z grid, say
+        current().outcome_changed((("K", str(i)),), ("K",))
+    os.remove(lora_dir / "J.safetensors")
+    write_join(lora_dir, "J", [lora_dir / "C.safetensors", lora_dir / "B.safetensors"])
+    after = hires_conds("b <ljl:J:1,0>")
+    assert_differs(before, after)
+    assert_close(after, hires_conds("b <lora:C:1>"))

@@ -38,8 +38,10 @@ class RuntimeState:
         self.previous_keys = set()
 
     def outcome_changed(self, tags: tuple, names: tuple) -> bool:
-        """Whether the same tag text gave other networks last time (file rewritten, added, fixed)."""
-        changed = self.outcomes.get(tags, names) != names
+        """Whether the same tag text gave other networks last time (file rewritten, added, fixed), or
+        is not remembered (new, forgotten after MAX_REMEMBERED_PROMPTS others, or a UI reload): the
+        host's cond caches may hold it from before, and outlive this state."""
+        changed = self.outcomes.get(tags) != names
         self.outcomes[tags] = names
         self.outcomes.move_to_end(tags)
         while len(self.outcomes) > MAX_REMEMBERED_PROMPTS:
