@@ -5,7 +5,8 @@ other spelling of ``lbw=``; ``x=`` is the value of ``X`` in the spec).  The host
 pattern ``<(\\w+):([^>]+)>`` and splits the inside on every ``:``, so no item can contain ``:``
 or ``>``.  Items are kept exactly as written; rewriting one item leaves the others untouched.
 The Σ vector is the item after the name unless that item is an option (``te=``, ``unet=``,
-``lbw=``/``w=``, ``x=``, ``dyn=``); a tag without a vector means Σ = 1.
+``lbw=``/``w=``, ``x=``, ``dyn=``; an item with two ``=`` or more is a vector by component names);
+a tag without a vector means Σ = 1.
 
 Axis values (one string per grid cell):
 
@@ -44,7 +45,11 @@ VALUE_SEPARATOR = "|"
 # --- tags ----------------------------------------------------------------------------------
 
 def option_key(item: str) -> str | None:
-    """The key of a `key=value` option item (te, unet, lbw, x, dyn; w= reads as lbw), else None."""
+    """The key of a `key=value` option item (te, unet, lbw, x, dyn; w= reads as lbw), else None.  An
+    item with two `=` or more is a Σ vector by component names (`x=1,face=0`), even when its first
+    component is named like an option: option values hold no `=`."""
+    if item.count("=") > 1:
+        return None
     key, eq, _ = item.partition("=")
     key = OPTION_ALIASES.get(key.strip(), key.strip())
     return key if eq and key in OPTION_KEYS else None

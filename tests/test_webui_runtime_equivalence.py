@@ -53,6 +53,22 @@ def test_per_rank_named_and_multiplier_forms(sd1):
     assert_close(gen(sd1, "x <ljl:J>"), gen(sd1, "x <lora:J:1>"))
 
 
+def test_a_component_named_like_an_option_can_lead_a_named_vector(host_factory, sd1_loras, tmp_path):
+    """Components take their inputs' file names, so a join of x.safetensors and face.safetensors has a
+    component `x`: `x=1,face=0` is its Σ, not the x= option."""
+    import shutil
+    from host_double.fixtures import write_join
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    shutil.copyfile(sd1_loras["A"], folder / "x.safetensors")
+    shutil.copyfile(sd1_loras["B"], folder / "face.safetensors")
+    write_join(folder, "XJ", [folder / "x.safetensors", folder / "face.safetensors"])
+    host = host_factory("sd1", lora_dir=folder)
+    assert_close(gen(host, "p <ljl:XJ:x=1,face=0>"), gen(host, "p <lora:x:1>"))
+    assert_close(gen(host, "p <ljl:XJ:x=0.5,face=1:te=0.25:unet=1>"),
+                 gen(host, "p <lora:x:0.125:0.5><lora:face:0.25:1>"))
+
+
 def test_per_rank_vector_on_a_plain_lora(sd1, sd1_loras):
     realized(sd1.lora_dir, "A_half", sd1_loras["A"], "1,0,-0.5,2")
     sd1.refresh_loras()

@@ -125,6 +125,8 @@ def test_read_tag_forms():
     assert (r.name, r.sigma, r.te, r.unet, r.lbw) == ("J", "2.5*8,0*4", 1.0, 1.0, None)
     r = read_tag(["J", "style=1,face=0", "lbw=MIDD", "te=0.5"])   # named components stay the vector
     assert (r.sigma, r.lbw, r.te, r.unet) == ("style=1,face=0", "MIDD", 0.5, 0.5)
+    r = read_tag(["J", "x=1,face=0", "lbw=MIDD"])                 # a component named x leads the vector
+    assert (r.sigma, r.lbw, r.x) == ("x=1,face=0", "MIDD", 1.0)
     r = read_tag(["J", "face=1"])
     assert r.sigma == "face=1"
     r = read_tag(["J", "te=0", "unet=1.5"])
