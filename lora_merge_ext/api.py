@@ -13,7 +13,7 @@ from .devices import resolve_device
 from .errors import LoraMergeError
 from .factor_arena import ALPHA_KEY, DOWN_KEY, UP_KEY
 from .finite_check import find_nonfinite
-from .layout import layout_of
+from .layout import layout_of, unique_name
 from .lazy_lora import LazyLora, Unstreamable, open_lazy
 from .lbw import parse_lbw
 from .loading import load_lora
@@ -79,6 +79,7 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
     check_output_name(output)
     inputs = list(inputs)
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
+    protect = [p for p in protect if p is not None]  # a LoraFile made in memory has no file to protect
     canonical = canonical_mode(mode)
     rank, conv_rank, energy = check_options(canonical, len(inputs), weights, lbw, rank, conv_rank, energy)
     plain_concat = canonical == "concat" and (rank, conv_rank, energy) == (None,) * 3
@@ -203,13 +204,11 @@ def state_dict(lora: LoraFile, dtype: torch.dtype = torch.float32) -> dict[str, 
 
 def component_names(loras: list[LoraFile]) -> list[str]:
     """Unique component names from the file names (a, b, a_2 …), with the characters a Σ vector or a
-    tag uses (, = : < > *) replaced by _, so that each can be picked as NAME=value."""
+    tag uses (, = : < > *) replaced by _ and outer spaces dropped, so that each can be picked as
+    NAME=value."""
     names: list[str] = []
     for k, lora in enumerate(loras):
-        base = os.path.splitext(os.path.basename(lora.path))[0] if lora.path else f"input{k + 1}"
-        base = base.translate(str.maketrans(",=:<>*", "______"))
-        name, i = base, 2
-        while name in names:
-            name, i = f"{base}_{i}", i + 1
-        names.append(name)
+        base = os.path.splitext(os.path.basename(lora.path))[0].strip() if lora.path else ""
+        base = base.translate(str.maketrans(",=:<>*", "______")) or f"input{k + 1}"
+        names.append(unique_name(base, names))
     return names

@@ -52,14 +52,16 @@ class JoinLayout:
         return cls([Component(name, top)], {m: [r] for m, r in module_ranks.items() if r != top})
 
     @classmethod
-    def join(cls, names: list[str], ranks: list[dict[str, int]]) -> "JoinLayout":
-        """Layout of a concat merge: ranks[k] maps module → rank of input k."""
-        comps = [Component(n, max(r.values(), default=0)) for n, r in zip(names, ranks)]
-        modules = sorted(set().union(*ranks)) if ranks else []
+    def join(cls, parts: list[tuple["JoinLayout", set[str]]]) -> "JoinLayout":
+        """Layout of a concat merge of inputs given as (layout, its modules): their components side by
+        side, each module's ranks in input order (0 for the components of an input without it)."""
+        comps = [c for layout, _ in parts for c in layout.components]
+        modules = sorted(set().union(*(names for _, names in parts)))
         default = [c.rank for c in comps]
         per_module = {}
         for m in modules:
-            row = [r.get(m, 0) for r in ranks]
+            row = [r for layout, names in parts
+                   for r in (layout.ranks_of(m) if m in names else [0] * len(layout.components))]
             if row != default:
                 per_module[m] = row
         return cls(comps, per_module)
@@ -119,3 +121,28 @@ def _single(lora) -> JoinLayout:
     """The whole file as one component, named after the file."""
     stem = os.path.splitext(os.path.basename(lora.path))[0] if lora.path else "lora"
     return JoinLayout.single(stem, {name: m.rank for name, m in lora.modules.items()})
+
+
+def concat_layout(names: list[str], loras: list) -> JoinLayout:
+    """The layout of a concat of loras: a plain input is one component, named names[k]; a joined
+    input brings its own components, so a join of a join is the join of all their parts and a
+    per-rank Σ can still pick each.  Component names are kept apart in order (a, b, a_2, …)."""
+    parts, taken = [], []
+    for name, lora in zip(names, loras):
+        ranks = {m: module.rank for m, module in lora.modules.items()}
+        layout, problem = layout_or_problem(lora)
+        if problem or len(layout.components) == 1:
+            layout = JoinLayout.single(name, ranks)
+        for component in layout.components:
+            component.name = unique_name(component.name, taken)
+            taken.append(component.name)
+        parts.append((layout, set(ranks)))
+    return JoinLayout.join(parts)
+
+
+def unique_name(base: str, taken: list[str]) -> str:
+    """base, or base_2, base_3 … : the first not in taken."""
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name

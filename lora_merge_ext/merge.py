@@ -14,7 +14,7 @@ from .errors import LoraMergeError
 from .factor_arena import FactorArena
 from .factor_math import add_parts, concat_parts, concat_round_off, relative_error, stacked, svd_parts
 from .family import LABELS
-from .layout import METADATA_KEY, JoinLayout
+from .layout import METADATA_KEY, concat_layout
 from .lazy_lora import FactorSource, LazyModule
 from .lbw import lbw_factor, parse_lbw
 from .lora_file import LoraFile, LoraModule
@@ -152,8 +152,7 @@ def check_inputs(loras: list, names: list[str], mode: str, weights, lbw, rank, c
 
 def join_layout(names: list[str], loras: list) -> dict[str, str]:
     """The metadata that records which ranks of a joined file came from which input."""
-    layout = JoinLayout.join(names, [{m: mod.rank for m, mod in lora.modules.items()} for lora in loras])
-    return {METADATA_KEY: layout.to_metadata()}
+    return {METADATA_KEY: concat_layout(names, loras).to_metadata()}
 
 
 def joined_modules(loras: list, order: list[str], dtype: torch.dtype) -> dict[str, LazyModule]:

@@ -27,7 +27,8 @@ def layout_text(components, module_ranks=ABSENT):
 
 
 def test_a_round_trip_keeps_the_layout():
-    layout = JoinLayout.join(["a", "b"], [{"m": 4, "n": 2}, {"m": 2}])
+    layout = JoinLayout.join([(JoinLayout.single("a", {"m": 4, "n": 2}), {"m", "n"}),
+                              (JoinLayout.single("b", {"m": 2}), {"m"})])
     again = JoinLayout.from_metadata(layout.to_metadata())
     assert again == layout
     assert again.module_vector("n", [1, 2, 3, 4, 5, 6]) == [1, 2]

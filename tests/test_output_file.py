@@ -106,3 +106,50 @@ def test_merged_file_reads_back_as_a_lora_with_components(inputs, tmp_path):
     info = describe(saved.path)
     assert info["components"] == [{"name": "a", "rank": 4}, {"name": "b", "rank": 8}]
     assert info["stored_hash_matches"] is True and info["family"] == "SD1"
+
+
+@pytest.mark.parametrize("spec, claimed, written", [
+    ("sd15_lora", {"ss_base_model_version": "sdxl_base_v1-0",
+                   "modelspec.architecture": "stable-diffusion-xl-v1-base/lora"},
+     {"ss_base_model_version": "sd_v1", "ss_v2": "False"}),
+    ("sdxl_lora", {"ss_base_model_version": "sd_v1", "ss_v2": "False"},
+     {"ss_base_model_version": "sdxl_base_v1-0", "ss_v2": "False"}),
+    ("sd15_lora", {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"},
+     {"ss_base_model_version": "sd_v1", "ss_v2": "False"}),
+])
+def test_base_model_keys_that_contradict_the_tensors_are_not_copied(tmp_path, spec, claimed, written):
+    """The family comes from the tensors (an SD1 file stays SD1 whatever its metadata says); the
+    output's base-model keys must agree with it, or the WebUI files the card under the wrong model."""
+    keep = (lambda n: "attn2_to_k" in n) if spec == "sd15_lora" else \
+        (lambda n: "input_blocks_4_1_transformer_blocks_0_attn2_to_k" in n)
+    a = make_lora(tmp_path / "a.safetensors", spec, rank=2, seed=1, keep=keep, metadata=claimed)
+    b = make_lora(tmp_path / "b.safetensors", spec, rank=2, seed=2, keep=keep)
+    for mode in ("concat", "svd"):
+        saved, _ = api.merge_to_file([a, b], tmp_path / f"{mode}.safetensors", mode=mode)
+        meta, _ = metadata_of(saved.path)
+        assert {k: meta.get(k) for k in written} == written
+        assert "xl" not in meta.get("modelspec.architecture", "") or spec == "sdxl_lora"
+    realized = api.save(api.realize(str(a), "1"), tmp_path / "r.safetensors")
+    assert {k: metadata_of(realized.path)[0].get(k) for k in written} == written
+
+
+def test_merge_to_file_takes_loras_made_in_memory(inputs, tmp_path):
+    """api.merge accepts LoraFiles, merge_to_file is merge() then save(): one without a file too."""
+    a, b = inputs
+    half = api.realize(str(a), "0.5")
+    assert half.path is None
+    saved, _ = api.merge_to_file([half, b], tmp_path / "mix.safetensors", weights=[1, -1])
+    got, da, db = dense_deltas(saved.path), dense_deltas(a), dense_deltas(b)
+    for name in got:
+        expected = 0.5 * da.get(name, 0) - db.get(name, 0)
+        torch.testing.assert_close(got[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_component_names_drop_outer_spaces_so_each_can_be_picked(tmp_path):
+    a = make_lora(tmp_path / " a.safetensors", rank=2, seed=1, keep=KEEP)
+    b = make_lora(tmp_path / "a .safetensors", rank=2, seed=2, keep=KEEP)
+    c = make_lora(tmp_path / " .safetensors", rank=2, seed=3, keep=KEEP)
+    lora = api.merge([a, b, c]).lora
+    from lora_merge_ext.layout import layout_of
+    assert [comp.name for comp in layout_of(lora).components] == ["a", "a_2", "input3"]
+    api.realize(lora, "a_2=1")  # a name each can be picked by

@@ -255,3 +255,33 @@ def test_apply_lora_refuses_a_model_none_of_whose_layers_match(joined):
     assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))
     live = apply_lora(TinyUNet(), lora, "1")
     assert live.layers and live.unmatched
+
+
+def test_a_join_of_a_join_keeps_every_part_pickable(tmp_path):
+    """J = a + b, where b has modules a lacks; K = J + c.  K's layout lists a, b and c, so Σ on K
+    picks each part exactly, per component or per rank, through the streamed and the in-memory concat."""
+    from delta_oracle import dense_deltas
+    from lora_merge_ext.layout import layout_of
+    a = make_lora(tmp_path / "a.safetensors", rank=4, alpha=2.0, seed=1, keep=lambda n: "down_blocks_0_attentions_0" in n
+                  and "attn2_to_k" in n)
+    b = make_lora(tmp_path / "b.safetensors", rank=8, seed=2, keep=lambda n: "attn2_to_k" in n)
+    c = make_lora(tmp_path / "c.safetensors", rank=2, seed=3, keep=lambda n: "attn2_to_k" in n or "attn1_to_q" in n)
+    j, _ = api.merge_to_file([a, b], tmp_path / "J.safetensors")
+    da, db, dc = dense_deltas(a), dense_deltas(b), dense_deltas(c)
+    for k_path in (api.merge_to_file([j.path, c], tmp_path / "K.safetensors", weights=[0.5, 1])[0].path,
+                   api.save(api.merge([j.path, c], weights=[0.5, 1]).lora, tmp_path / "K2.safetensors").path):
+        k = api.load(k_path)
+        layout = layout_of(k)
+        assert [(comp.name, comp.rank) for comp in layout.components] == [("a", 4), ("b", 8), ("c", 2)]
+        for sigma, (wa, wb, wc) in {"1,0,0": (0.5, 0, 0), "0*4,1*8,0*2": (0, 0.5, 0), "c=1": (0, 0, 1),
+                                    "1,-1,2": (0.5, -0.5, 2), "1*4,0*10": (0.5, 0, 0)}.items():
+            got = dense_deltas(api.save(api.realize(k, sigma), tmp_path / "r.safetensors", overwrite=True).path)
+            for name in set(da) | set(db) | set(dc):
+                expected = wa * da.get(name, 0) + wb * db.get(name, 0) + wc * dc.get(name, 0)
+                if isinstance(expected, int):
+                    assert name not in got
+                    continue
+                torch.testing.assert_close(got.get(name, torch.zeros_like(expected)), expected,
+                                           rtol=1e-5, atol=1e-6)
+    twice = layout_of(api.merge([j.path, j.path, a]).lora)  # names kept apart
+    assert [comp.name for comp in twice.components] == ["a", "b", "a_2", "b_2", "a_3"]
