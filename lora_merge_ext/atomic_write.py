@@ -189,9 +189,14 @@ def write_file_atomic(path: os.PathLike | str, fill: Callable[[int], None], *, o
         replacing = os.path.lexists(target)
         if replacing:
             _flush_to_disk(fd)
+        made = os.fstat(fd)
         open_fd, fd = fd, -1  # never close twice: the number may belong to another file by then
         os.close(open_fd)
-        _move_into_place(temp, target, overwrite)
+        try:
+            _move_into_place(temp, target, overwrite)
+        except KeyboardInterrupt as stop:  # a signal right after the rename: say the file is in place
+            _note_if_written(stop, target, made)
+            raise
         temp = None
     except OSError as e:
         raise LoraMergeError(f"{show(target, 400)}: could not write the file: {show(e.strerror or e, 200)}") from None
@@ -207,5 +212,19 @@ def write_file_atomic(path: os.PathLike | str, fill: Callable[[int], None], *, o
             except OSError:
                 pass
     if replacing:
-        _sync_folder(target.parent)
+        try:
+            _sync_folder(target.parent)
+        except KeyboardInterrupt as stop:
+            stop.written = str(target)
+            raise
     return target
+
+
+def _note_if_written(stop: KeyboardInterrupt, target: Path, made: os.stat_result) -> None:
+    """Set stop.written to the target's name when the file at target is the one just made."""
+    try:
+        now = os.stat(target)
+    except OSError:
+        return
+    if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+        stop.written = str(target)

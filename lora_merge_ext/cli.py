@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         _progress.end_line()
-        print("error: interrupted; nothing was written", file=sys.stderr)
+        written = getattr(exc, "written", None)  # a signal just after the file was put in place
+        print(f"error: interrupted after {written} was written" if written else
+              "error: interrupted; nothing was written", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
     except BrokenPipeError:  # stdout closed early (`… | head -1`): the reader has what it wanted
         return 0

@@ -9,6 +9,7 @@ import torch
 
 from delta_oracle import dense_deltas
 from lora_factory import make_lora
+from lora_merge_ext.loading import load_lora
 
 KEEP = lambda n: "layers_5_self_attn_k" in n or "attn1_to_out" in n or "up_blocks_1_resnets_0_conv2" in n
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,6 +163,33 @@ def test_a_signal_during_the_write_leaves_nothing_behind(files, tmp_path, name, 
     assert r.returncode == status, r.stderr
     assert r.stderr.strip().splitlines()[-1] == "error: interrupted; nothing was written"
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary file
+
+
+_SIGNAL_AFTER_RENAME = """
+import os, signal, sys
+from lora_merge_ext import atomic_write, cli
+real = atomic_write._move_into_place
+def move_then_signal(*args, **kw):
+    real(*args, **kw)
+    os.kill(os.getpid(), signal.SIGINT)
+atomic_write._move_into_place = move_then_signal
+sys.argv = ["lora-merge", *sys.argv[1:]]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_signal_just_after_the_rename_says_the_file_was_written(files, tmp_path, existing):
+    _, a, b = files
+    out = tmp_path / "late.safetensors"
+    if existing:
+        out.write_bytes(b"old")
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_RENAME, "merge", a, b, "-o", out, "--overwrite"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"error: interrupted after {out} was written"
+    assert load_lora(out).metadata["sshs_model_hash"]  # the new file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["late.safetensors"]
 
 
 def test_inspect_shows_a_joined_file_whose_layout_no_longer_fits(files, tmp_path):
