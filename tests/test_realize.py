@@ -262,8 +262,8 @@ def test_a_join_of_a_join_keeps_every_part_pickable(tmp_path):
     picks each part exactly, per component or per rank, through the streamed and the in-memory concat."""
     from delta_oracle import dense_deltas
     from lora_merge_ext.layout import layout_of
-    a = make_lora(tmp_path / "a.safetensors", rank=4, alpha=2.0, seed=1, keep=lambda n: "down_blocks_0_attentions_0" in n
-                  and "attn2_to_k" in n)
+    a = make_lora(tmp_path / "a.safetensors", rank=4, alpha=2.0, seed=1,
+                  keep=lambda n: "down_blocks_0_attentions_0" in n and "attn2_to_k" in n)
     b = make_lora(tmp_path / "b.safetensors", rank=8, seed=2, keep=lambda n: "attn2_to_k" in n)
     c = make_lora(tmp_path / "c.safetensors", rank=2, seed=3, keep=lambda n: "attn2_to_k" in n or "attn1_to_q" in n)
     j, _ = api.merge_to_file([a, b], tmp_path / "J.safetensors")

@@ -4,9 +4,9 @@
 file any item holding exactly one ``=`` under ``named``, so the items are read here directly: an item
 ``te=``, ``unet=``, ``lbw=`` (or its alias ``w=``), ``x=`` (or ``dyn=``, refused) is an option,
 anything else after the name is the Σ vector — which keeps named-component vectors such as
-``style=1,face=0`` working, even when the first component is called ``x`` (two ``=``: a vector).  As with ``<lora>``, te defaults to 1 and unet to te; as with
-lora-block-weight, ``x=`` is the value of ``X`` tokens in the lbw spec (default 1).  No vector
-means Σ = 1.
+``style=1,face=0`` working, even when the first component is called ``x`` (two ``=``: a vector).
+As with ``<lora>``, te defaults to 1 and unet to te; as with lora-block-weight, ``x=`` is the value
+of ``X`` tokens in the lbw spec (default 1).  No vector means Σ = 1.
 """
 from __future__ import annotations
 
