@@ -144,6 +144,7 @@ def test_inspect_checks_the_hash_of_an_upper_case_extension(files, tmp_path):
 _SIGNAL_WHILE_WRITING = """
 import os, signal, sys
 from lora_merge_ext import cli, ordered_writer
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal delivers it (a background job ignores it)
 real, sent = ordered_writer.write_all, getattr(signal, sys.argv[1])
 def write_then_signal(*args, **kw):
     real(*args, **kw)
@@ -168,6 +169,7 @@ def test_a_signal_during_the_write_leaves_nothing_behind(files, tmp_path, name, 
 _SIGNAL_AFTER_RENAME = """
 import os, signal, sys
 from lora_merge_ext import atomic_write, cli
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal delivers it (a background job ignores it)
 real = atomic_write._move_into_place
 def move_then_signal(*args, **kw):
     real(*args, **kw)
