@@ -18,9 +18,8 @@ def describe(path: str) -> dict:
     lora = load_lora(path)
     ranks = Counter(m.rank for m in lora.modules.values())
     alphas = Counter(m.alpha for m in lora.modules.values())
-    layout, layout_problem = layout_or_problem(lora) if METADATA_KEY in lora.metadata else (None, None)
-    if layout_problem:  # a joined file resized or edited by another tool: still shown
-        layout = None
+    layout, layout_problem = layout_or_problem(lora)  # a problem: resized or edited by another tool
+    joined = METADATA_KEY in lora.metadata and not layout_problem
     digest = tensor_data_sha256(path) if path.lower().endswith(".safetensors") else None
     stored = lora.metadata.get("sshs_model_hash")
     return {
@@ -32,7 +31,7 @@ def describe(path: str) -> dict:
         "conv_modules": sum(1 for m in lora.modules.values() if m.kernel != (1, 1)),
         "ranks": {str(r): n for r, n in sorted(ranks.items())},
         "alphas": {("none" if a is None else f"{a:g}"): n for a, n in alphas.items()},
-        "components": [{"name": c.name, "rank": c.rank} for c in layout.components] if layout else None,
+        "components": [{"name": c.name, "rank": c.rank} for c in layout.components] if joined else None,
         "layout_problem": layout_problem,
         "bundled_embeddings": embedding_names(lora.embeddings),
         "sha256": digest,

@@ -129,14 +129,13 @@ def concat_layout(names: list[str], loras: list) -> JoinLayout:
     per-rank Σ can still pick each.  Component names are kept apart in order (a, b, a_2, …)."""
     parts, taken = [], []
     for name, lora in zip(names, loras):
-        ranks = {m: module.rank for m, module in lora.modules.items()}
-        layout, problem = layout_or_problem(lora)
-        if problem or len(layout.components) == 1:
-            layout = JoinLayout.single(name, ranks)
+        layout, _ = layout_or_problem(lora)  # a layout that no longer fits: the file is one component
+        if len(layout.components) == 1:
+            layout.components[0].name = name
         for component in layout.components:
             component.name = unique_name(component.name, taken)
             taken.append(component.name)
-        parts.append((layout, set(ranks)))
+        parts.append((layout, set(lora.modules)))
     return JoinLayout.join(parts)
 
 

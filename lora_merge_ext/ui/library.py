@@ -75,7 +75,7 @@ class LoraLibrary:
             return self._files[text]
         try:
             found = self._file_at(text)
-        except LoraMergeError:
+        except LoraMergeError:  # a ValueError too: already says what is wrong
             raise
         except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte…
             reason = getattr(exc, "strerror", None) or str(exc)
