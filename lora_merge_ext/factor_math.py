@@ -10,6 +10,9 @@ import math
 import torch
 
 Part = tuple[torch.Tensor, torch.Tensor, float]
+# float32 round-off of an SVD from stacked factors, per stacked rank (at least 16); the noise measured
+# when inputs cancel is about 4·eps·‖a‖₂·‖b‖₂
+ROUND_OFF = torch.finfo(torch.float32).eps
 
 
 def concat_parts(parts: list[Part], dtype: torch.dtype = torch.float32,
@@ -54,11 +57,21 @@ def stacked(parts: list[Part]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def singular_factors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(Qa, U, S, Vh, Qb) with a @ b = (Qa·U)·diag(S)·(Vh·Qbᵀ): QR of both stacked factors and an SVD of
-    the small core, so no out×in matrix is ever built."""
+    the small core, so no out×in matrix is ever built.  Singular values at the level of float32
+    round-off (below ROUND_OFF·‖a‖₂·‖b‖₂) are set to 0: inputs that cancel (P merged with −P) give
+    zeros, not noise."""
     qa, ra = torch.linalg.qr(a)
     qb, rb = torch.linalg.qr(b.T)
     u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)
+    if s.numel() and float(s[-1]) <= _round_off(ra, rb, ra.norm() * rb.norm()):  # ‖·‖_F ≥ ‖·‖₂: skips most
+        floor = _round_off(ra, rb, torch.linalg.matrix_norm(ra, 2) * torch.linalg.matrix_norm(rb, 2))
+        s = torch.where(s > floor, s, torch.zeros_like(s))
     return qa, u, s, vh, qb
+
+
+def _round_off(ra: torch.Tensor, rb: torch.Tensor, norms: torch.Tensor) -> float:
+    """ROUND_OFF per stacked rank (at least 16) times the product of the factors' norms."""
+    return ROUND_OFF * max(16, ra.shape[1]) * float(norms)
 
 
 def rank_for_energy(s: torch.Tensor, energy: float) -> int:
@@ -127,6 +140,9 @@ def relative_error(target: list[Part], result: list[Part],
     result_sq = float(((u.T @ u) * (d @ d.T)).sum())
     cross = float(((a.T @ u) * (b @ d.T)).sum())
     diff_sq = max(target_sq + result_sq - 2.0 * cross, 0.0)
-    if target_sq <= 0.0:
-        return 0.0 if diff_sq <= 1e-30 else math.inf
+    # float64 round-off of the sums above: a target below it is zero (inputs that cancel), as is a
+    # difference below it
+    noise = 1e-14 * float((ga.abs() * gb.abs()).sum() + ((u.T @ u).abs() * (d @ d.T).abs()).sum())
+    if target_sq <= noise:
+        return 0.0 if diff_sq <= noise else math.inf
     return math.sqrt(diff_sq / target_sq)
