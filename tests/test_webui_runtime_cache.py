@@ -106,6 +106,17 @@ def test_file_cache_honours_lora_in_memory_limit(host_factory, lora_dir, reads):
     assert reads[4:] == ["K.safetensors"]
 
 
+def test_a_hires_pass_on_another_file_reads_each_file_once(host_factory, lora_dir, reads):
+    """Within one generation the files of the pass before are kept: batch after batch, first pass J and
+    hires pass K do not read both files again (the host's default lora_in_memory_limit is 0)."""
+    host = host_factory("sd1", lora_dir=lora_dir)
+    host.txt2img("x <ljl:J:1,0>", seed=1, n_iter=3, enable_hr=True, hr_prompt="x <ljl:K:0,1>")
+    assert reads == ["J.safetensors", "K.safetensors"]
+    gen(host, "x <ljl:K:1>")  # a new generation: J is let go, as the limit asks
+    gen(host, "x <ljl:J:1>")
+    assert reads[2:] == ["J.safetensors"]
+
+
 def test_networks_are_reused_across_batches_and_passes(host_factory, lora_dir, monkeypatch):
     host = host_factory("sd1", lora_dir=lora_dir)
     from lora_merge_ext.webui import activation
@@ -204,6 +215,26 @@ def test_a_file_rewritten_across_a_ui_reload_gives_new_conds(host_factory, lora_
     after = gen(host, "x <ljl:J:1,0>")
     assert_differs(_stage(before, "cond"), _stage(after, "cond"))
     assert_close(after, gen(host, "x <lora:C:1>"))
+
+
+def test_an_img2img_run_between_hires_generations_leaves_no_stale_hires_conds(host_factory, lora_dir):
+    """img2img has no hires cond caches of its own; when its run finds J rewritten, the txt2img hires
+    caches must be emptied too, or the next hires pass reuses conds of the old file."""
+    host = host_factory("sd1", lora_dir=lora_dir)
+
+    def hires_conds(prompt):
+        p = host.processing(prompt=prompt, seed=1, enable_hr=True)
+        host.processing_module.process_images(p)
+        return p.c[0], p.hr_c[0]
+
+    hires_conds("a <ljl:J:1,0>")
+    os.remove(lora_dir / "J.safetensors")
+    write_join(lora_dir, "J", [lora_dir / "C.safetensors", lora_dir / "B.safetensors"])
+    host.img2img("a <ljl:J:1,0>", seed=1)
+    first, hires = hires_conds("a <ljl:J:1,0>")
+    want_first, want_hires = hires_conds("a <lora:C:1>")
+    assert_close(first, want_first)
+    assert_close(hires, want_hires)
 
 
 def test_a_hires_tag_text_forgotten_among_many_others_gives_new_conds(host_factory, lora_dir):

@@ -3,9 +3,9 @@
 
 Runs from the AlwaysVisible script's ``after_extra_networks_activate``, i.e. after the built-in
 ``lora`` handler has cleared and refilled ``loaded_networks`` for this pass (first pass and hires
-pass alike).  Files come from a bounded cache (read once per file version); networks are kept for
-the last two passes, so batches and the hires pass reuse them, and a Σ change only rescales one
-factor per module (runtime_state).  A bad tag is reported and skipped; the generation goes on.
+pass alike).  Files come from a bounded cache (read once per file version); networks, and the files
+of one generation, are kept for the last two passes, so batches and the hires pass reuse them, and
+a Σ change only rescales one factor per module (runtime_state).  A bad tag is reported and skipped; the generation goes on.
 """
 from __future__ import annotations
 
@@ -40,11 +40,20 @@ def model_family(sd_model, fallback: str) -> str:
 def forget_conds(p) -> None:
     """Empty the host's cond caches (shared lists on the processing classes).  They are keyed on the
     prompt text, so when the same tags now mean other weights (a file rewritten or added since) the
-    text-encoder conds would otherwise be stale."""
-    for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
-        cache = getattr(p, attr, None)
-        if isinstance(cache, list) and len(cache) == 2:
-            cache[0] = cache[1] = None
+    text-encoder conds would otherwise be stale.  All of them, whatever kind p is: an img2img pass
+    has no hires caches, but the next txt2img pass would read them."""
+    holders = [p]
+    try:
+        from modules import processing
+        holders += [getattr(processing, name, None)
+                    for name in ("StableDiffusionProcessing", "StableDiffusionProcessingTxt2Img")]
+    except ImportError:
+        pass
+    for holder in holders:
+        for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+            cache = getattr(holder, attr, None)
+            if isinstance(cache, list) and len(cache) == 2:
+                cache[0] = cache[1] = None
 
 
 def _network_for(p, host, sd_model, request, presets_box: list):
@@ -111,5 +120,5 @@ def activate(p, extra_network_data) -> None:
     if state.outcome_changed(tuple(tuple(map(str, params.items)) for params in params_list),
                              tuple(net.name for net in nets)):
         forget_conds(p)
-    state.end_pass(getattr(shared.opts, "lora_in_memory_limit", 0), paths, keys)
+    state.end_pass(getattr(shared.opts, "lora_in_memory_limit", 0), paths, keys, generation=p)
     infotext.write(p)

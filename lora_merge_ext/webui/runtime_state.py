@@ -3,6 +3,7 @@ from each file version, the networks of the last two passes, file hashes, and wh
 tag text gave last time."""
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 
 from .file_cache import LoraFileCache
@@ -16,6 +17,7 @@ class RuntimeState:
         self.files = LoraFileCache()
         self.networks: "OrderedDict[tuple, object]" = OrderedDict()
         self.previous_keys: set = set()
+        self.previous_paths: tuple = (None, set())  # (weak reference to its generation, files) of the last pass
         self.shorthashes: dict = {}   # file identity → shorthash
         self.templates: dict = {}     # file identity → (the model's layer mapping, host modules)
         self.outcomes: "OrderedDict[tuple, tuple]" = OrderedDict()  # tag items → network names applied
@@ -48,10 +50,17 @@ class RuntimeState:
             self.outcomes.popitem(last=False)
         return changed
 
-    def end_pass(self, file_limit: int, used_paths: list, used_keys: list) -> None:
-        """Trim after a pass: files to the bound (keeping those just used), host modules of files no
-        longer cached, networks to those of this pass and the one before (first / hires pass)."""
-        self.files.trim(file_limit, keep=used_paths)
+    def end_pass(self, file_limit: int, used_paths: list, used_keys: list, generation: object = None) -> None:
+        """Trim after a pass: files to the bound (keeping those just used, and within one generation
+        those of the pass before, so a hires pass on other files does not read every file again each
+        batch), host modules of files no longer cached, networks to those of this pass and the one
+        before (first / hires pass)."""
+        files = set(used_paths)
+        previous, paths = self.previous_paths
+        if generation is not None and previous is not None and previous() is generation:
+            files |= paths
+        self.files.trim(file_limit, keep=files)
+        self.previous_paths = (_weak(generation), set(used_paths))
         current = self.files.identities()
         for identity in [i for i in self.templates if i not in current]:
             del self.templates[identity]
@@ -59,6 +68,15 @@ class RuntimeState:
         for key in [k for k in self.networks if k not in keep]:
             del self.networks[key]
         self.previous_keys = set(used_keys)
+
+
+def _weak(obj):
+    """A weak reference to obj (None for None, or for an object that takes none): an id could be
+    reused by the next generation's processing object."""
+    try:
+        return weakref.ref(obj) if obj is not None else None
+    except TypeError:
+        return None
 
 
 _state = RuntimeState()

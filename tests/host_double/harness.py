@@ -66,6 +66,17 @@ class Host:
         p.script_args = tuple(self.scripts.scripts_txt2img.default_args())
         return p
 
+    def img2img_processing(self, **kwargs):
+        """An img2img processing object wired to the img2img ScriptRunner with its default script args."""
+        p = self.processing_module.StableDiffusionProcessingImg2Img(**kwargs)
+        p.scripts = self.scripts.scripts_img2img
+        p.script_args = tuple(self.scripts.scripts_img2img.default_args())
+        return p
+
+    def img2img(self, prompt: str, seed: int = 1, **kwargs):
+        """Run one img2img generation (the double ignores init images); returns Processed."""
+        return self.processing_module.process_images(self.img2img_processing(prompt=prompt, seed=seed, **kwargs))
+
     def txt2img(self, prompt: str, seed: int = 1, **kwargs):
         """Run one generation; returns modules.processing.Processed (images of layer outputs)."""
         return self.processing_module.process_images(self.processing(prompt=prompt, seed=seed, **kwargs))

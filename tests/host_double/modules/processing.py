@@ -19,8 +19,10 @@ afterwards), ``process`` hooks, and per batch of ``batch_size`` images:
 6. ``postprocess_batch`` hooks and one infotext per image.
 
 After the batches: ``extra_networks.deactivate`` when the prompt had tags, ``postprocess`` hooks.
-Each image is a ``FakeImage`` of layer outputs.  Not modelled: the hires-pass reuse of first-pass
-conds, ``hires_fix_use_firstpass_conds``, low-VRAM ordering, img2img.
+Each image is a ``FakeImage`` of layer outputs.  ``StableDiffusionProcessingImg2Img`` runs the same
+batches with no hires pass and, as in the host, no hires cond caches of its own (the init images
+are not used).  Not modelled: the hires-pass reuse of first-pass conds,
+``hires_fix_use_firstpass_conds``, low-VRAM ordering, masks and init latents.
 """
 from __future__ import annotations
 
@@ -215,6 +217,16 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
                 image.hires = shared.sd_model.run_unet(seed, "hires pass")
         finally:
             self.is_hr_pass = False
+
+
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    """img2img: shares the first-pass cond caches with txt2img (class lists on the base class) and has
+    none for a hires pass (the host's modules/processing.py v1.10.1, lines 1183-1184 and 1557)."""
+
+    def __init__(self, init_images=None, denoising_strength=0.75, mask=None, **kwargs):
+        self.init_images = list(init_images or [])
+        self.image_mask = mask
+        super().__init__(denoising_strength=denoising_strength, **kwargs)
 
 
 class Processed:
