@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Union
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import VERSION as PYDANTIC_VERSION
 from pydantic import BaseModel, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from .errors import LoraMergeError
@@ -27,13 +28,24 @@ from .ui.handlers import MergeRequest, MergeService
 from .ui.input_info import describe
 
 PREFIX = "/ljl/v1"
+PYDANTIC_1 = PYDANTIC_VERSION.startswith("1.")
 
 
 # strict: a JSON true is not a rank of 1, "8" is not a number, 1 is not a name (pydantic 1 and 2 alike)
 Number = Union[StrictInt, StrictFloat]  # a float rank such as 1.5 is refused by the merge rules, not cut to 1
 
 
-class MergeBody(BaseModel):
+class _Body(BaseModel):
+    """A request body whose unknown fields are refused (422): a typo such as "weight" for "weights"
+    must not give a merge with the defaults."""
+    if PYDANTIC_1:
+        class Config:
+            extra = "forbid"
+    else:
+        model_config = {"extra": "forbid"}
+
+
+class MergeBody(_Body):
     inputs: List[StrictStr]
     output: StrictStr
     mode: StrictStr = "concat"
@@ -49,7 +61,7 @@ class MergeBody(BaseModel):
     measure: StrictBool = False  # also measure a concat's round-off (add and svd are always measured)
 
 
-class BakeBody(BaseModel):
+class BakeBody(_Body):
     source: StrictStr
     sigma: Union[StrictStr, Number] = "1"  # a single number may come as a JSON number
     lbw: Optional[StrictStr] = None
@@ -60,12 +72,14 @@ class BakeBody(BaseModel):
 
 
 def parse_api_auth(text: Optional[str]) -> Optional[Dict[str, str]]:
-    """Credentials from the WebUI's --api-auth text, `user:password[,user2:password2]`; None when unset."""
+    """Credentials from the WebUI's --api-auth text, `user:password[,user2:password2]`; None when unset.
+    Read as the WebUI's own API reads it (spaces are part of the names and passwords), so the same
+    credentials open both."""
     if not text or not text.strip():
         return None
     credentials: Dict[str, str] = {}
     for item in text.split(","):
-        user, colon, password = item.strip().partition(":")
+        user, colon, password = item.partition(":")
         if not colon or not user:
             raise LoraMergeError("--api-auth entries must be user:password, separated by commas")
         credentials[user] = password

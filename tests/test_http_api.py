@@ -1,5 +1,7 @@
 """The /ljl/v1 JSON routes on a real gradio app (the tab's Blocks served by gradio's FastAPI app)."""
 import base64
+import os
+import threading
 
 import gradio as gr
 import pytest
@@ -183,6 +185,49 @@ def test_names_the_file_system_cannot_take_get_400_not_500(client, lora_dir):
     assert listing_of(lora_dir) == ["a.safetensors", "b.safetensors"]
 
 
+def test_unknown_fields_are_refused_not_ignored(client, lora_dir):
+    """A typo ("weight", "overwite", "ranks") must not give a merge with the defaults."""
+    two = {"inputs": ["a.safetensors", "b.safetensors"], "output": "typo"}
+    for wrong in ({"weight": [1, -1]}, {"overwite": True}, {"mode": "svd", "ranks": 2}):
+        r = client.post("/ljl/v1/merge", json={**two, **wrong})
+        assert r.status_code == 422 and next(iter(wrong.keys() - {"mode"})) in r.text, (wrong, r.text)
+    r = client.post("/ljl/v1/bake", json={"source": "a.safetensors", "sigmas": "0.5", "output": "typo"})
+    assert r.status_code == 422 and "sigmas" in r.text
+    assert listing_of(lora_dir) == ["a.safetensors", "b.safetensors"]
+
+
+def test_an_output_name_with_a_space_before_the_extension_is_refused(client, lora_dir):
+    """'x .safetensors' would be tagged <ljl:x :…>, which finds x.safetensors."""
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "x .safetensors"})
+    assert r.status_code == 400 and "space before .safetensors" in r.json()["error"]
+    assert listing_of(lora_dir) == ["a.safetensors", "b.safetensors"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_in_the_lora_folder_does_not_hang_a_merge(client, lora_dir):
+    """The alias check reads every .safetensors header; opening a pipe would wait for a writer forever."""
+    os.mkfifo(lora_dir / "fifo.safetensors")
+    result = []
+    worker = threading.Thread(target=lambda: result.append(client.post(
+        "/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "after_fifo"})), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # let the stuck open() return, so the test run can end
+        with open(lora_dir / "fifo.safetensors", "wb"):
+            pass
+        pytest.fail("the merge hung on the named pipe")
+    assert result[0].status_code == 200, result[0].text
+    assert (lora_dir / "after_fifo.safetensors").is_file()
+
+
+def test_a_file_with_a_deeply_nested_header_does_not_break_merges(client, lora_dir):
+    """Its header is read for an alias; too deep for json is no alias, not a 500."""
+    meta = b'{"__metadata__":{"ss_output_name":"deepname"},"junk":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    (lora_dir / "deep.safetensors").write_bytes(len(meta).to_bytes(8, "little") + meta)
+    r = client.post("/ljl/v1/merge", json={"inputs": ["a.safetensors", "b.safetensors"], "output": "deepname"})
+    assert r.status_code == 200, r.text
+
+
 def listing_of(folder):
     return sorted(p.name for p in folder.iterdir())
 
@@ -207,6 +252,8 @@ def test_api_auth_credentials_are_honoured(lora_dir):
 
 def test_api_auth_text_forms():
     assert parse_api_auth(None) is None and parse_api_auth("  ") is None
+    # as modules/api/api.py splits it: the space after the comma belongs to the second user's name
+    assert parse_api_auth("u:p, u2:p2 ") == {"u": "p", " u2": "p2 "}
     with pytest.raises(LoraMergeError, match="user:password"):
         parse_api_auth("nocolon")
 

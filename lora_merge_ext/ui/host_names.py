@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..safetensors_header import MAX_HEADER_BYTES
+from ..errors import LoraMergeError
+from ..safetensors_header import MAX_HEADER_BYTES, open_input_file
 from .library import walk_files
 
 HOST_EXTENSIONS = (".safetensors", ".pt", ".ckpt")  # what the WebUI lists as LoRAs
@@ -29,17 +30,18 @@ def _has_alias(path: Path, name: str) -> bool:
     """True when the file's metadata says ss_output_name = name.  Only a header that holds the name's
     bytes is parsed: a collection of hundreds of SDXL LoRAs is checked in well under a second."""
     try:
-        with open(path, "rb") as f:
+        f, _ = open_input_file(path)  # a regular file only: opening a named pipe would wait for a writer
+        with f:
             size = int.from_bytes(f.read(8), "little")
             if not 0 < size <= MAX_HEADER_BYTES:
                 return False
             head = f.read(size)
-    except OSError:
+    except (OSError, LoraMergeError):
         return False
     if name.encode("utf-8") not in head and json.dumps(name)[1:-1].encode("ascii") not in head:
         return False
     try:
         metadata = json.loads(head).get("__metadata__")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return False
     return isinstance(metadata, dict) and metadata.get("ss_output_name") == name

@@ -45,8 +45,10 @@ def output_stem(text: str) -> str:
     """The file name without `.safetensors` (added back by output_path)."""
     name = check_plain_name(text)
     if name.lower().endswith(EXTENSION):
-        name = name[: -len(EXTENSION)]
-        check_plain_name(name)
+        stem = name[: -len(EXTENSION)]
+        if check_plain_name(stem) != stem:  # "x .safetensors": the tag <ljl:x :…> would find x.safetensors
+            raise LoraMergeError(f"output name '{name}' has a space before {EXTENSION}: remove it")
+        name = stem
     elif "." in name and name.rsplit(".", 1)[1].lower() in ("pt", "ckpt", "bin", "pth"):
         raise LoraMergeError(f"output name '{name}' has extension .{name.rsplit('.', 1)[1]}: outputs are .safetensors")
     return name
