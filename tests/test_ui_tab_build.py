@@ -119,6 +119,37 @@ def test_standalone_refuses_a_port_in_use_before_announcing_it(tmp_path, capsys)
     assert out == "" and err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and err.count("\n") == 1
 
 
+def test_the_port_found_stays_taken_until_the_server_uses_it():
+    """Two tools started at once do not both announce 7860: the first keeps its socket listening."""
+    first = standalone.free_port("127.0.0.1", 7860)
+    with first:
+        with standalone.free_port("127.0.0.1", first.getsockname()[1]) as second:
+            assert second.getsockname()[1] != first.getsockname()[1]
+
+
+@pytest.mark.parametrize("port", [None, "7890"])
+def test_an_address_not_of_this_machine_is_blamed_on_the_host_not_the_port(tmp_path, capsys, port):
+    argv = ["--out-dir", str(tmp_path), "--host", "192.0.2.1"] + (["--port", port] if port else [])
+    assert standalone.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot listen on 192.0.2.1: ") and err.rstrip().endswith("(check --host)"), err
+    assert err.count("\n") == 1
+
+
+def test_an_ipv6_address_is_announced_in_brackets():
+    assert standalone.url_of("::1", 7897) == "http://[::1]:7897/"
+    assert standalone.url_of("127.0.0.1", 7860) == "http://127.0.0.1:7860/"
+
+
+def test_an_out_dir_inside_the_lora_dir_lists_each_file_once(tmp_path):
+    from lora_merge_ext.ui.library import LoraLibrary
+    make_lora(tmp_path / "a.safetensors", rank=2, keep=lambda n: "attn2_to_k" in n)
+    (tmp_path / "merged").mkdir()
+    make_lora(tmp_path / "merged" / "m1.safetensors", rank=2, keep=lambda n: "attn2_to_k" in n)
+    folders = standalone.folders(standalone.parse_args(["--lora-dir", str(tmp_path), "--out-dir", str(tmp_path / "merged")]))
+    assert LoraLibrary.of(*folders).refresh() == ["a.safetensors", "m1.safetensors"]
+
+
 def test_standalone_without_gradio_is_one_error_line(tmp_path, capsys, monkeypatch):
     """`pip install .` leaves out the ui extra: the ui command says what to install, status 2."""
     import sys

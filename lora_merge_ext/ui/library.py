@@ -41,10 +41,16 @@ class LoraLibrary:
         return self.folders[0]
 
     def refresh(self) -> list[str]:
-        """Rescan the folders; return the labels, sorted case-insensitively."""
+        """Rescan the folders; return the labels, sorted case-insensitively.  A file reached from two
+        folders (one inside the other, or through a folder link) is listed once."""
         files: dict[str, Path] = {}
+        seen: set[str] = set()
         for root in self.folders:
             for path in walk_files(root, LORA_EXTENSIONS, hidden=False):
+                real = os.path.realpath(path)
+                if real in seen:
+                    continue
+                seen.add(real)
                 label = path.relative_to(root).as_posix()
                 if label in files:
                     label = f"{label} ({root.name})"

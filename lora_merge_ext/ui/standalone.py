@@ -11,6 +11,7 @@ untouched.  The JSON routes of lora_merge_ext.http_api are served under /ljl/v1/
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 import sys
@@ -33,30 +34,52 @@ def default_output_dir() -> Path:
     return base / "lora-merge-ext" / "loras"
 
 
-def _bind_error(host: str, port: int) -> OSError | None:
-    """Why this host cannot listen on port (in use, or not this machine's address); None if it can."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind((host, port))
-        except OSError as e:
-            return e
-    return None
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, as uvicorn would bind it (connections wait until the server
+    accepts them); OSError when it cannot be (the port is taken, or host is not an address of this
+    machine).  Listening at once keeps the port: bound alone, a second program could bind it too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
-def free_port(host: str, start: int = 7860, tries: int = 100) -> int:
-    """The first port from `start` that nothing listens on."""
+def _host_error(host: str, error: OSError) -> LoraMergeError:
+    return LoraMergeError(f"cannot listen on {host}: {error.strerror or error} (check --host)")
+
+
+def free_port(host: str, start: int = 7860, tries: int = 100) -> socket.socket:
+    """A socket bound to the first port from `start` that nothing listens on.  It stays bound until the
+    server takes it, so no other program can take the port announced meanwhile."""
     for port in range(start, start + tries):
-        if _bind_error(host, port) is None:
-            return port
+        try:
+            return _listening_socket(host, port)
+        except OSError as error:
+            if error.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise _host_error(host, error) from None
     raise LoraMergeError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
 
 
-def check_port(host: str, port: int) -> None:
-    """Refuse, before anything is printed or built, a port this host cannot listen on."""
-    error = _bind_error(host, port)
-    if error is not None:
-        raise LoraMergeError(f"cannot listen on {host}:{port}: {error.strerror or error} (choose another --port)")
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port; refuses, before anything is printed or built, a port this host
+    cannot listen on."""
+    try:
+        return _listening_socket(host, port)
+    except OSError as error:
+        if error.errno not in (errno.EADDRINUSE, errno.EACCES):
+            raise _host_error(host, error) from None
+        raise LoraMergeError(f"cannot listen on {host}:{port}: {error.strerror or error} (choose another --port)") from None
+
+
+def url_of(host: str, port: int) -> str:
+    """The address to open in a browser (an IPv6 address goes in brackets)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def _port(text: str) -> int:
@@ -124,17 +147,20 @@ def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         lora_folders = folders(args)
-        if args.port is None:
-            port = free_port(args.host)
-        else:
-            port = args.port
-            check_port(args.host, port)
-        import gradio as gr
-        import uvicorn
-        from fastapi import FastAPI
+        sock = free_port(args.host) if args.port is None else bind_port(args.host, args.port)
     except LoraMergeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    with sock:
+        return _serve(args, lora_folders, sock)
+
+
+def _serve(args: argparse.Namespace, lora_folders: list[Path], sock: socket.socket) -> int:
+    """Build the tab and serve it on the bound socket until interrupted."""
+    try:
+        import gradio as gr
+        import uvicorn
+        from fastapi import FastAPI
     except ImportError as exc:
         print(f"error: the ui command needs gradio ({exc.name or exc} is not installed): "
               "pip install 'lora-merge-ext[ui]', or pip install '.[ui]' in the source folder", file=sys.stderr)
@@ -152,8 +178,10 @@ def main(argv: list[str]) -> int:
     register(app, service)
     app = gr.mount_gradio_app(app, demo, path="/")
     print(f"LoRA Merge: Lora folder {service.library.output_dir}", flush=True)
-    print(f"LoRA Merge: open http://{args.host}:{port}/ in a browser (Ctrl+C to stop)", flush=True)
-    uvicorn.run(OfflinePage(app), host=args.host, port=port, log_level="warning")
+    port = sock.getsockname()[1]
+    print(f"LoRA Merge: open {url_of(args.host, port)} in a browser (Ctrl+C to stop)", flush=True)
+    config = uvicorn.Config(OfflinePage(app), host=args.host, port=port, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
