@@ -175,6 +175,22 @@ def test_any_file_of_the_folders_can_feed_the_tag_builder(service):
     assert not missing.ok and "outside the Lora folders" in missing.status
 
 
+def test_components_past_the_sliders_are_named_in_the_tag_message(service):
+    """A join of 8 joined with a ninth file has 9 components and 8 sliders: the tag builder says the
+    ninth stays at 1 and where to change it, instead of fixing it silently."""
+    import shutil
+    for i in range(1, 10):
+        shutil.copy(service.library.path_of("style.safetensors"), service.library.output_dir / f"c{i}.safetensors")
+    callbacks.merge(service, MergeRequest(inputs=[f"c{i}.safetensors" for i in range(1, 9)], name="eight"))
+    view = callbacks.merge(service, MergeRequest(inputs=["eight.safetensors", "c9.safetensors"], name="nine"))
+    assert view.ok and sum(s.visible for s in view.sliders) == callbacks.MAX_SLIDERS == 8
+    assert view.tag == "<ljl:nine:1,1,1,1,1,1,1,1,1>"
+    assert view.tag_message.startswith("ℹ components 9–9 (c9) have no slider and stay at 1")
+    text, message = callbacks.tag(view.state, [0] * 8)
+    assert text == "<ljl:nine:0,0,0,0,0,0,0,0,1>" and "advanced Σ field" in message
+    assert callbacks.tag(view.state, [0] * 8, "c9=0.5") == ("<ljl:nine:0,0,0,0,0,0,0,0,0.5>", "")  # unnamed: 0
+
+
 def test_a_join_resized_by_another_tool_merges_whole_and_is_refused_by_the_tag_builder(service, tmp_path):
     """A joined file whose ljl_layout no longer fits its tensors (cut to rank 4 of 6 elsewhere): the
     tab shows why, merges it as one component, as the command line does, and offers no Σ for it."""

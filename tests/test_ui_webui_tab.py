@@ -127,3 +127,40 @@ def test_routes_honour_api_auth(host):
     assert client.get("/ljl/v1/loras", headers=basic("user", "nope")).status_code == 401
     r = client.get("/ljl/v1/loras", headers=basic("user", "secret"))
     assert r.status_code == 200 and {x["name"] for x in r.json()["loras"]} >= {"a.safetensors", "b.safetensors"}
+
+
+def _run_load_events(blocks):
+    """Call the functions the page runs on load with the components' values (gradio 3 and 4 alike);
+    returns {elem_id: update} of their outputs."""
+    by_id = blocks.blocks  # component id → component
+    shown = {}
+    for index, dep in enumerate(blocks.config["dependencies"]):
+        targets = [t[1] for t in dep.get("targets", []) if isinstance(t, (list, tuple))]
+        if dep.get("trigger") != "load" and "load" not in targets:
+            continue
+        fn = blocks.fns[dep.get("id", index)].fn
+        updates = fn(*[by_id[i].value for i in dep["inputs"]])
+        updates = updates if isinstance(updates, (list, tuple)) else [updates]
+        for i, update in zip(dep["outputs"], updates):
+            shown[by_id[i].elem_id] = update
+    return shown
+
+
+def test_saved_webui_defaults_show_the_right_options_and_never_tick_overwrite(host):
+    """Settings → Defaults saves the tab's values by label (ui-config.json).  A saved svd mode with
+    dynamic rank shows the svd options and the energy slider when the page loads; a saved
+    "overwrite an existing file" (the merge's and the bake's boxes share that label) ticks neither."""
+    from modules import script_callbacks
+    from modules.ui_loadsave import UiLoadsave
+    blocks = next(t[0] for t in script_callbacks.ui_tabs_callback() if t[2] == "ljl_merge")
+    saved = {"ljl_merge/mode/value": "svd", "ljl_merge/dynamic rank: keep this fraction of the energy/value": True,
+             "ljl_merge/overwrite an existing file/value": True}
+    loadsave = UiLoadsave(saved)
+    loadsave.add_block(blocks, "ljl_merge")
+    components = {c.elem_id: c for c in blocks.blocks.values() if getattr(c, "elem_id", None)}
+    assert components["ljl_merge_mode"].value == "svd" and components["ljl_merge_dynamic"].value is True
+    assert components["ljl_merge_overwrite"].value is False and components["ljl_merge_bake_overwrite"].value is False
+    shown = _run_load_events(blocks)
+    assert shown["ljl_merge_svd_options"]["visible"] is True
+    assert shown["ljl_merge_energy"]["visible"] is True
+    assert shown["ljl_merge_measure"]["visible"] is False

@@ -158,9 +158,19 @@ def tag(state: dict | None, sliders: Sequence[float], advanced: str = "", lbw: s
         text = tag_builder.build_tag(state["name"], layout, sliders, advanced or "", lbw or "")
         if (lbw or "").strip() and state.get("family"):
             parse_lbw(lbw.strip(), state["family"], presets)
-        return text, ""
+        return text, _unslid_note(layout, advanced)
     except LoraMergeError as exc:
         return "", error_status(exc)
+
+
+def _unslid_note(layout: JoinLayout, advanced: str | None) -> str:
+    """Where components go past the sliders (and the advanced field is empty): which stay at 1."""
+    rest = layout.components[MAX_SLIDERS:]
+    if not rest or (advanced or "").strip():
+        return ""
+    names = ", ".join(c.name for c in rest[:4]) + (", …" if len(rest) > 4 else "")
+    return (f"ℹ components {MAX_SLIDERS + 1}–{len(layout.components)} ({names}) have no slider and stay at 1: "
+            "set them in the advanced Σ field")
 
 
 def bake(service: MergeService, state: dict | None, sliders: Sequence[float], advanced: str, lbw: str, name: str,

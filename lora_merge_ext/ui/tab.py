@@ -160,12 +160,14 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                     to_txt2img = gr.Button("→ txt2img prompt", elem_id="ljl_merge_to_txt2img")
                     to_img2img = gr.Button("→ img2img prompt", elem_id="ljl_merge_to_img2img")
                 with gr.Row():
-                    bake_name = gr.Textbox(label="name for the baked file (saved beside the file above)",
+                    bake_name = gr.Textbox(label="name for the baked file (saved beside the file above, or in the Lora folder)",
                                            elem_id="ljl_merge_bake_name", scale=3)
                     bake_overwrite = gr.Checkbox(value=False, label="overwrite an existing file",
                                                  elem_id="ljl_merge_bake_overwrite")
                     bake_button = gr.Button("Save with Σ", elem_id="ljl_merge_bake")
                 bake_status = gr.Markdown("", elem_id="ljl_merge_bake_status")
+        for box in (overwrite, bake_overwrite):  # the WebUI saves defaults by label: both share one, and a
+            box.do_not_save_to_config = True     # saved "overwrite" would replace files unasked
 
         # --- events ------------------------------------------------------------------------------
         def on_pick(*labels):
@@ -197,10 +199,15 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
         refresh.click(on_refresh, inputs=[], outputs=[*pickers, subfolder, tag_file])
         demo.load(on_refresh, inputs=None, outputs=[*pickers, subfolder, tag_file])  # a reloaded page: fresh lists
 
-        mode.change(lambda m: [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd"),
-                               gr.update(visible=m == "concat")],
-                    inputs=[mode], outputs=[mode, svd_options, measure])
+        def mode_views(m):
+            return [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd"), gr.update(visible=m == "concat")]
+
+        mode.change(mode_views, inputs=[mode], outputs=[mode, svd_options, measure])
         dynamic.change(lambda d: gr.update(visible=bool(d)), inputs=[dynamic], outputs=[energy])
+        # the WebUI restores saved defaults (ui-config.json) into the values after the tab is built:
+        # what is shown must follow them, not the defaults the tab was built with
+        demo.load(lambda m, d: [*mode_views(m), gr.update(visible=bool(d))], inputs=[mode, dynamic],
+                  outputs=[mode, svd_options, measure, energy])
 
         form = {shown, mode, measure, rank, conv_rank, dynamic, energy, dtype, device, name, subfolder, overwrite,
                 tag_lbw, *pickers, *weights, *lbws}
