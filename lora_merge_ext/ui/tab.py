@@ -160,8 +160,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                     to_txt2img = gr.Button("→ txt2img prompt", elem_id="ljl_merge_to_txt2img")
                     to_img2img = gr.Button("→ img2img prompt", elem_id="ljl_merge_to_img2img")
                 with gr.Row():
-                    bake_name = gr.Textbox(label="name for the baked file (saved beside the file above, or in the Lora folder)",
-                                           elem_id="ljl_merge_bake_name", scale=3)
+                    bake_name = gr.Textbox(label="name for the baked file (saved beside the file above, "
+                                           "or in the Lora folder)", elem_id="ljl_merge_bake_name", scale=3)
                     bake_overwrite = gr.Checkbox(value=False, label="overwrite an existing file",
                                                  elem_id="ljl_merge_bake_overwrite")
                     bake_button = gr.Button("Save with Σ", elem_id="ljl_merge_bake")
@@ -200,7 +200,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
         demo.load(on_refresh, inputs=None, outputs=[*pickers, subfolder, tag_file])  # a reloaded page: fresh lists
 
         def mode_views(m):
-            return [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd"), gr.update(visible=m == "concat")]
+            return [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd"),
+                    gr.update(visible=m == "concat")]
 
         mode.change(mode_views, inputs=[mode], outputs=[mode, svd_options, measure])
         dynamic.change(lambda d: gr.update(visible=bool(d)), inputs=[dynamic], outputs=[energy])
