@@ -1,7 +1,6 @@
 """The Python API: load, merge, realize, save (and Σ on a live torch model in live_sigma)."""
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -23,7 +22,8 @@ from .merge import (MergeResult, canonical_mode, check_inputs, check_options, in
 from .merge_report import MergeReport
 from .output_metadata import output_metadata
 from .pointwise import flat_modules_to_widen
-from .realize import realize_lora
+from .presets import as_presets
+from .realize import multiplier, realize_lora
 from .safetensors_header import show
 from .safetensors_write import save_safetensors_atomic
 from .sigma import parse_sigma
@@ -41,8 +41,32 @@ class SavedFile:
 
 
 def load(path: str | os.PathLike) -> LoraFile:
-    """Read a LoRA file (kohya, LoCon, Tucker, PEFT; fp32/fp16/bf16)."""
-    return load_lora(path)
+    """Read a LoRA file (kohya, LoCon, Tucker, PEFT; fp32/fp16/bf16).  A LoraFile (or a merge's result)
+    is returned as it is."""
+    return as_lora(path)
+
+
+def as_lora(value, what: str = "LoRA") -> LoraFile:
+    """A LoraFile from a file path, a LoraFile, or a merge's result (its .lora); anything else is
+    refused in one line."""
+    if isinstance(value, LoraFile):
+        return value
+    if isinstance(value, MergeResult):
+        return value.lora
+    if isinstance(value, (str, os.PathLike)):
+        return load_lora(value)
+    raise LoraMergeError(f"{what} {show(repr(value), 80)}: expected a file path, a LoraFile (api.load) or a "
+                         f"merge's result, not {type(value).__name__}")
+
+
+def _input_list(inputs) -> list:
+    """The inputs of a merge as a list: one path, LoraFile or result alone counts as one input."""
+    if isinstance(inputs, (str, os.PathLike, LoraFile, MergeResult)):
+        return [inputs]
+    try:
+        return list(inputs)
+    except TypeError:
+        raise LoraMergeError(f"inputs {show(repr(inputs), 80)}: expected a list of files") from None
 
 
 def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: int | None = None,
@@ -53,9 +77,10 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
     dtype: fp32, fp16 or bf16, what the result will be saved as; the merge computes in float32 and
     keeps each output module in dtype (less memory, and the report measures what is saved)."""
     target = torch_dtype(dtype)
-    inputs = list(inputs)
+    inputs = _input_list(inputs)
+    presets = as_presets(presets)
     rank, conv_rank, energy = check_options(canonical_mode(mode), len(inputs), weights, lbw, rank, conv_rank, energy)
-    loras = list(map_in_workers(lambda x: x if isinstance(x, LoraFile) else load_lora(x), inputs, worker_count()))
+    loras = list(map_in_workers(lambda x: as_lora(x, "input"), inputs, worker_count()))
     names = component_names(loras)
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
                          energy=energy, device=device, presets=presets, progress=progress, report=report,
@@ -77,7 +102,8 @@ def merge_to_file(inputs: list, output: str | os.PathLike, *, mode: str = "conca
     result is never held in memory); anything else is merged in memory, then saved.  The file and
     the report are the same either way."""
     check_output_name(output)
-    inputs = list(inputs)
+    inputs = [x.lora if isinstance(x, MergeResult) else x for x in _input_list(inputs)]
+    presets = as_presets(presets)
     protect = [*(x.path if isinstance(x, LoraFile) else x for x in inputs), *protect]
     protect = [p for p in protect if p is not None]  # a LoraFile made in memory has no file to protect
     canonical = canonical_mode(mode)
@@ -136,13 +162,11 @@ def _provenance(mode: str, names: list[str], loras: list, hashes: list, weights,
 
 def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float = 1.0, presets=None) -> LoraFile:
     """Bake Σ (text or per-rank list), lbw and te/unet multipliers into a plain LoRA (what `<ljl:…>` applies)."""
-    lora = lora if isinstance(lora, LoraFile) else load_lora(lora)
+    lora = as_lora(lora)
     layout = layout_of(lora)
     per_rank = parse_sigma(sigma, layout)  # text, a number, or a list per component or per rank
-    for label, value in (("te", te), ("unet", unet)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise LoraMergeError(f"{label} multiplier {value!r} is not a finite number")
-    weights = parse_lbw(lbw, lora.family, presets) if lbw else None  # preset.txt is read for names only
+    te, unet = multiplier(te, "te"), multiplier(unet, "unet")
+    weights = parse_lbw(lbw, lora.family, as_presets(presets)) if lbw else None  # preset.txt is read for names only
     out = realize_lora(lora, layout, per_rank, weights, te, unet)
     source = {"file": os.path.basename(lora.path) if lora.path else None,
               "sha256": lora.file_hash()}
@@ -155,7 +179,13 @@ def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float
 
 def save(lora: LoraFile, path: str | os.PathLike, *, dtype: str = "fp32", overwrite: bool = False,
          protect=()) -> SavedFile:
-    """Write kohya-format safetensors atomically; never over an input, nor an existing file unless overwrite."""
+    """Write kohya-format safetensors atomically; never over an input, nor an existing file unless overwrite.
+    lora: a LoraFile or a merge's result."""
+    if isinstance(lora, MergeResult):
+        lora = lora.lora
+    if not isinstance(lora, LoraFile):
+        raise LoraMergeError(f"save: {show(repr(lora), 80)} is not a LoraFile or a merge's result "
+                             f"({type(lora).__name__})")
     target = torch_dtype(dtype)
     path = os.fspath(path)
     check_output_name(path)

@@ -10,7 +10,12 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_device(name: str | None) -> torch.device:
+def resolve_device(name: "str | torch.device | None") -> torch.device:
+    """cpu or cuda[:N], given as text or a torch.device."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name is not None and not isinstance(name, str):
+        raise LoraMergeError(f"device {name!r} is not cpu or cuda")
     name = (name or "cpu").lower()
     if name == "cpu":
         return torch.device("cpu")

@@ -63,7 +63,8 @@ def singular_factors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ..
     qa, ra = torch.linalg.qr(a)
     qb, rb = torch.linalg.qr(b.T)
     u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)
-    if s.numel() and float(s[-1]) <= _round_off(ra, rb, ra.norm() * rb.norm()):  # ‖·‖_F ≥ ‖·‖₂: skips most
+    # ‖·‖_F ≥ ‖·‖₂: no value below the Frobenius bound, none below the spectral one (most calls)
+    if s.numel() and float(s[-1]) <= _round_off(ra, rb, ra.norm() * rb.norm()):
         floor = _round_off(ra, rb, torch.linalg.matrix_norm(ra, 2) * torch.linalg.matrix_norm(rb, 2))
         s = torch.where(s > floor, s, torch.zeros_like(s))
     return qa, u, s, vh, qb

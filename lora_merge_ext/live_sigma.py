@@ -11,11 +11,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .api import as_lora
+from .lora_file import LoraFile
 from .errors import LoraMergeError
 from .layout import layout_of
 from .lbw import parse_lbw
-from .lora_file import LoraFile
-from .realize import module_coefficients
+from .presets import as_presets
+from .realize import module_coefficients, multiplier
 from .sigma import parse_sigma, show
 
 PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_", "")
@@ -25,12 +27,19 @@ HANDLE_ATTRIBUTE = "_ljl_live_lora"
 class LiveLora:
     """Hooks holding one LoRA on a model; set_sigma() changes Σ, remove() takes the LoRA off."""
 
-    def __init__(self, model: torch.nn.Module, lora: LoraFile, *, sigma="1", lbw: str | None = None,
-                 te: float = 1.0, unet: float = 1.0, strict: bool = False):
-        """Every input is checked before a hook is put on the model, so bad input changes nothing."""
+    def __init__(self, model: torch.nn.Module, lora, *, sigma="1", lbw: str | None = None,
+                 te: float = 1.0, unet: float = 1.0, strict: bool = False, presets=None):
+        """lora: a LoraFile, a file path or a merge's result.  Every input is checked before a hook is
+        put on the model, so bad input changes nothing.  Layers the LoRA has no module for are left
+        alone; modules with no layer in the model are listed in .unmatched (strict=True refuses them),
+        so a UNet and a text encoder that are separate models each take their own apply_lora."""
+        if not isinstance(model, torch.nn.Module):
+            raise LoraMergeError(f"apply_lora: {type(model).__name__} is not a torch.nn.Module (give the UNet or "
+                                 "text encoder module itself)")
+        lora = as_lora(lora)
         self.lora, self.layout = lora, layout_of(lora)
-        self.block_weights = parse_lbw(lbw, lora.family) if lbw else None  # preset.txt read for names only
-        self.te, self.unet = te, unet
+        self.block_weights = parse_lbw(lbw, lora.family, as_presets(presets)) if lbw else None
+        self.te, self.unet = multiplier(te, "te"), multiplier(unet, "unet")
         self.layers = _match_layers(model, lora)
         missing = sorted(set(lora.modules) - set(self.layers))
         if lora.modules and not self.layers:  # names of another convention (diffusers vs kohya…): say so
@@ -42,7 +51,7 @@ class LiveLora:
         self.coefficients: dict[str, torch.Tensor] = {}
         self._model, self._removed = model, False
         self.set_sigma(sigma)
-        self._hooks = [layer.register_forward_hook(self._hook(name)) for name, layer in self.layers.items()]
+        self._hooks = [layer.register_forward_hook(_LayerHook(self, name)) for name, layer in self.layers.items()]
 
     def set_sigma(self, sigma) -> None:
         """Σ as text (DESIGN §4 syntax), a number, or a list/tensor read like the same numbers written
@@ -68,20 +77,28 @@ class LiveLora:
         if getattr(self._model, HANDLE_ATTRIBUTE, None) is self:
             delattr(self._model, HANDLE_ATTRIBUTE)
 
-    def _hook(self, name: str):
+    def add_delta(self, name: str, layer: torch.nn.Module, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The layer's output plus module name's ΔW applied to its input x."""
         module = self.lora.modules[name]
+        coef = self.coefficients[name].to(x.device, x.dtype)
+        down, up = module.down.to(x.device, x.dtype), module.up.to(x.device, x.dtype)
+        if isinstance(layer, torch.nn.Conv2d):
+            down = down if down.dim() == 4 else down[:, :, None, None]
+            up = up if up.dim() == 4 else up[:, :, None, None]
+            h = F.conv2d(x, down, stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+            return output + F.conv2d(h * coef[None, :, None, None], up)
+        return output + F.linear(F.linear(x, down.reshape(down.shape[0], -1)) * coef, up.reshape(up.shape[0], -1))
 
-        def hook(layer, inputs, output):
-            x = inputs[0]
-            coef = self.coefficients[name].to(x.device, x.dtype)
-            down, up = module.down.to(x.device, x.dtype), module.up.to(x.device, x.dtype)
-            if isinstance(layer, torch.nn.Conv2d):
-                down = down if down.dim() == 4 else down[:, :, None, None]
-                up = up if up.dim() == 4 else up[:, :, None, None]
-                h = F.conv2d(x, down, stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
-                return output + F.conv2d(h * coef[None, :, None, None], up)
-            return output + F.linear(F.linear(x, down.reshape(down.shape[0], -1)) * coef, up.reshape(up.shape[0], -1))
-        return hook
+
+class _LayerHook:
+    """The forward hook of one layer: an object, not a closure, so that a model carrying a LoRA can be
+    deep-copied (the copy gets its own LiveLora) and saved whole with torch.save."""
+
+    def __init__(self, live: LiveLora, name: str):
+        self.live, self.name = live, name
+
+    def __call__(self, layer, inputs, output):
+        return self.live.add_delta(self.name, layer, inputs[0], output)
 
 
 def _match_layers(model: torch.nn.Module, lora: LoraFile) -> dict[str, torch.nn.Module]:
@@ -103,9 +120,10 @@ def _match_layers(model: torch.nn.Module, lora: LoraFile) -> dict[str, torch.nn.
     return by_name
 
 
-def apply_lora(model: torch.nn.Module, lora: LoraFile, sigma="1", **options) -> LiveLora:
-    """Put a LoRA on a model with Σ (default all ones), in place of one applied before; returns the
-    handle (also stored on the model).  On bad input the model keeps what it had."""
+def apply_lora(model: torch.nn.Module, lora, sigma="1", **options) -> LiveLora:
+    """Put a LoRA (a LoraFile, a path or a merge's result) on a model with Σ (default all ones), in
+    place of one applied before; returns the handle (also stored on the model).  options: lbw, te,
+    unet, presets, strict (see LiveLora).  On bad input the model keeps what it had."""
     live = LiveLora(model, lora, sigma=sigma, **options)
     old = getattr(model, HANDLE_ATTRIBUTE, None)
     if old is not None:

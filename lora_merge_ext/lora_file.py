@@ -98,6 +98,11 @@ class LoraFile:
     data_hash: object = None  # a concat's output hash, worked out while merging (an ArenaHash)
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # bundle_emb.* tensors, as stored
 
+    def __getstate__(self) -> dict:
+        """A copy (pickle, deepcopy) leaves out data_hash, which vouches for these very tensors only
+        (a save of the copy hashes its bytes)."""
+        return {**self.__dict__, "data_hash": None}
+
     def file_hash(self) -> str | None:
         """The sha256 the WebUI shows for the file this was read from (None when not from a file)."""
         if self.digest is not None:

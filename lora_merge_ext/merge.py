@@ -238,6 +238,10 @@ def input_lbw_specs(lbw, n: int) -> list[str | None]:
         specs = specs * n
     if len(specs) != n:
         raise LoraMergeError(f"got {len(specs)} lbw specs for {n} inputs; give one for all or one per input")
+    for k, spec in enumerate(specs):
+        if spec is not None and not isinstance(spec, str):
+            raise LoraMergeError(f"lbw {spec!r} for input {k + 1} is not text: give a preset name or "
+                                 "comma-separated numbers, or None")
     return [s if s and s.strip() else None for s in specs]
 
 

@@ -7,6 +7,7 @@ picks the form that fits the model.  Bad lines are skipped and described in
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import LoraMergeError
@@ -86,6 +87,31 @@ def load_presets(path: str | Path | None = None) -> Presets:
         raise LoraMergeError(f"{path}: cannot read the preset file ({exc.strerror or exc})") from None
     presets = parse_presets(data.decode("utf-8-sig", errors="replace"))  # -sig: editors on Windows write a BOM
     _LOADED[path] = (stamp, presets)
+    return presets
+
+
+def as_presets(value) -> Presets | None:
+    """The presets a caller gave: None (preset.txt), a preset file's path, or a mapping of name to
+    values ("1,0,…", or a list of such strings, one per family).  Mapping entries are checked as a
+    preset file's lines are."""
+    if value is None or isinstance(value, Presets):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return load_presets(value)
+    if not isinstance(value, dict):
+        raise LoraMergeError(f"presets {show(repr(value))}: expected a preset file's path or a mapping of "
+                             "name to values")
+    lines = []
+    for name, forms in value.items():
+        forms = [forms] if isinstance(forms, str) else forms
+        if not isinstance(name, str) or not isinstance(forms, (list, tuple)) or \
+                not all(isinstance(f, str) for f in forms):
+            raise LoraMergeError(f"preset {show(repr(name))}: expected a name and a string of values "
+                                 "(or a list of them)")
+        lines += [f"{name}:{form}" for form in forms]
+    presets = parse_presets("\n".join(lines))
+    if presets.problems:
+        raise LoraMergeError(f"presets: {presets.problems[0]}")
     return presets
 
 

@@ -1,9 +1,13 @@
 """Bake Σ (and lbw, te/unet multipliers) into a plain LoRA: ΔW_m = f(m)·s·U·diag(v_m)·D."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .attention_group import kept_with_siblings
+from .errors import LoraMergeError
 from .layout import JoinLayout
 from .lbw import lbw_factor
 from .lora_file import LoraFile, LoraModule
@@ -11,6 +15,17 @@ from .lora_file import LoraFile, LoraModule
 
 def is_text_encoder(module: str) -> bool:
     return module.startswith(("lora_te_", "lora_te1_", "lora_te2_"))
+
+
+def multiplier(value, label: str) -> float:
+    """A te/unet multiplier as a float: a finite real number (a numpy scalar or a one-element tensor too)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise LoraMergeError(f"{label} multiplier {repr(value)[:60]} is not a number")
+    if not math.isfinite(float(value)):
+        raise LoraMergeError(f"{label} multiplier {float(value)} is not finite")
+    return float(value)
 
 
 def module_coefficients(module: LoraModule, layout: JoinLayout, per_rank: list[float], block_weights,

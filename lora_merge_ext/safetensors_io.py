@@ -67,6 +67,10 @@ class DataDigest:
             self._thread.join()
         return self._known
 
+    def __getstate__(self) -> dict:
+        """A copy (pickle, deepcopy) holds the finished hash, not the thread computing it."""
+        return {"_known": self.hexdigest(), "_thread": None}
+
 
 @dataclass
 class TensorFile:

@@ -285,3 +285,98 @@ def test_a_join_of_a_join_keeps_every_part_pickable(tmp_path):
                                            rtol=1e-5, atol=1e-6)
     twice = layout_of(api.merge([j.path, j.path, a]).lora)  # names kept apart
     assert [comp.name for comp in twice.components] == ["a", "b", "a_2", "b_2", "a_3"]
+
+
+def test_a_model_carrying_a_lora_can_be_deep_copied_and_saved_whole(joined, tmp_path):
+    """The copy gets its own LoRA (Σ changes on one leave the other alone); torch.save of the whole
+    model works and the loaded model still takes Σ changes."""
+    import copy
+    _, _, j = joined
+    model = TinyUNet()
+    x, img = torch.randn(5, 320), torch.randn(1, 640, 8, 8)
+    plain = model(x, img)
+    apply_lora(model, api.load(j), "1,0")
+    with_lora = model(x, img)
+    twin = copy.deepcopy(model)
+    set_lora_diag(twin, "0")
+    assert torch.equal(twin(x, img)[0], plain[0])             # the copy's own Σ
+    assert torch.equal(model(x, img)[0], with_lora[0])        # the original keeps its Σ
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert torch.equal(loaded(x, img)[0], with_lora[0])
+    set_lora_diag(loaded, "0")
+    assert torch.equal(loaded(x, img)[0], plain[0]) and torch.equal(model(x, img)[0], with_lora[0])
+
+
+def test_apply_lora_takes_a_path_or_a_merge_result_and_checks_its_multipliers(joined):
+    a, b, j = joined
+    model = TinyUNet()
+    x, img = torch.randn(5, 320), torch.randn(1, 640, 8, 8)
+    apply_lora(model, api.load(j), "1,0", te=0.5, unet=0.25)
+    want = model(x, img)
+    for source in (j, str(j), api.merge([a, b])):
+        apply_lora(model, source, "1,0", te=0.5, unet=0.25)
+        assert torch.allclose(model(x, img)[0], want[0], atol=1e-6), type(source)
+    import numpy as np
+    apply_lora(model, j, "1,0", te=np.float32(0.5), unet=torch.tensor(0.25))
+    assert torch.allclose(model(x, img)[0], want[0], atol=1e-6)
+    for bad, message in ((float("nan"), "unet multiplier nan is not finite"),
+                         ("0.5", "unet multiplier '0.5' is not a number"),
+                         (None, "unet multiplier None is not a number")):
+        with pytest.raises(LoraMergeError, match=message):
+            apply_lora(model, j, "0,1", unet=bad)
+    assert torch.allclose(model(x, img)[0], want[0], atol=1e-6)   # the LoRA applied before is kept
+    with pytest.raises(LoraMergeError, match="is not a torch.nn.Module"):
+        apply_lora(None, j)
+    with pytest.raises(LoraMergeError, match="expected a file path, a LoraFile"):
+        apply_lora(model, 42)
+
+
+def test_custom_presets_are_a_path_or_a_mapping_everywhere(joined, tmp_path):
+    """presets= takes a preset file's path or a mapping, in realize, merge and apply_lora alike."""
+    a, b, j = joined
+    mine = "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0"
+    (tmp_path / "my.txt").write_text(f"MINE:{mine}\n")
+    want = api.realize(j, "1", lbw=mine)
+    for presets in (tmp_path / "my.txt", str(tmp_path / "my.txt"), {"MINE": mine}, {"MINE": [mine]}):
+        got = api.realize(j, "1", lbw="MINE", presets=presets)
+        assert all(torch.equal(got.modules[n].delta(), m.delta()) for n, m in want.modules.items()), presets
+    merged = api.merge([a, b], lbw="MINE", presets={"MINE": mine})
+    assert all(torch.allclose(merged.lora.modules[n].delta(), m.delta(), atol=1e-6)
+               for n, m in api.merge([a, b], lbw=mine).lora.modules.items())
+    model = TinyUNet()
+    x, img = torch.randn(5, 320), torch.randn(1, 640, 8, 8)
+    apply_lora(model, j, "1", lbw=mine)
+    numbers = model(x, img)
+    apply_lora(model, j, "1", lbw="MINE", presets={"MINE": mine})
+    assert torch.equal(model(x, img)[0], numbers[0]) and torch.equal(model(x, img)[1], numbers[1])
+    for bad, message in ((42, "expected a preset file's path or a mapping"),
+                         ({"MINE": 1}, "expected a name and a string"), ({"MINE": "1,2,3"}, "has 3 values")):
+        with pytest.raises(LoraMergeError, match=message):
+            api.realize(j, "1", lbw="MINE", presets=bad)
+
+
+def test_script_mistakes_get_one_line_errors_or_just_work(joined, tmp_path):
+    """What a script author plausibly writes: a merge result where a LoraFile is expected, one path
+    for the inputs of a resize, a torch.device, an lbw that is not text."""
+    a, b, j = joined
+    result = api.merge([a, b])
+    saved = api.save(result, tmp_path / "from_result.safetensors")          # the result, not .lora
+    assert api.load(saved.path).modules.keys() == result.lora.modules.keys()
+    assert api.load(result.lora) is result.lora
+    assert api.realize(result, "1,0").modules.keys() == api.realize(result.lora, "1,0").modules.keys()
+    resized = api.merge(str(a), mode="svd", rank=2)                          # one input: an svd resize
+    assert {m.rank for m in resized.lora.modules.values()} == {2}
+    api.merge_to_file(a, tmp_path / "resized.safetensors", mode="svd", rank=2)
+    again = api.merge([result, b])                                           # a result as an input
+    assert len(again.lora.modules) == len(result.lora.modules)
+    on_cpu = api.merge([a, b], device=torch.device("cpu"))
+    assert all(torch.equal(on_cpu.lora.modules[n].up, m.up) for n, m in result.lora.modules.items())
+    with pytest.raises(LoraMergeError, match="lbw 1 for input 1 is not text"):
+        api.merge([a, b], lbw=[1, None])
+    with pytest.raises(LoraMergeError, match="expected a file path, a LoraFile"):
+        api.load(None)
+    with pytest.raises(LoraMergeError, match="is not a LoraFile or a merge's result"):
+        api.save(str(a), tmp_path / "x.safetensors")
+    with pytest.raises(LoraMergeError, match="device 5 is not cpu or cuda"):
+        api.merge([a, b], device=5)

@@ -74,7 +74,8 @@ def bind_port(host: str, port: int) -> socket.socket:
     except OSError as error:
         if error.errno not in (errno.EADDRINUSE, errno.EACCES):
             raise _host_error(host, error) from None
-        raise LoraMergeError(f"cannot listen on {host}:{port}: {error.strerror or error} (choose another --port)") from None
+        raise LoraMergeError(f"cannot listen on {host}:{port}: {error.strerror or error} "
+                             "(choose another --port)") from None
 
 
 def url_of(host: str, port: int) -> str:
