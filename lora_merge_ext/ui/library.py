@@ -42,12 +42,13 @@ class LoraLibrary:
 
     def refresh(self) -> list[str]:
         """Rescan the folders; return the labels, sorted case-insensitively.  A file reached from two
-        folders (one inside the other, or through a folder link) is listed once."""
+        folders (one inside the other, or through a folder link) is listed once; a file link is a
+        file of its own (another name for a LoRA, as the WebUI lists it)."""
         files: dict[str, Path] = {}
         seen: set[str] = set()
         for root in self.folders:
             for path in walk_files(root, LORA_EXTENSIONS, hidden=False):
-                real = os.path.realpath(path)
+                real = os.path.join(os.path.realpath(path.parent), path.name)
                 if real in seen:
                     continue
                 seen.add(real)
