@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from .api import as_lora
-from .lora_file import LoraFile
 from .errors import LoraMergeError
 from .layout import layout_of
 from .lbw import parse_lbw
+from .lora_file import LoraFile
 from .presets import as_presets
 from .realize import module_coefficients, multiplier
 from .sigma import parse_sigma, show

@@ -55,7 +55,7 @@ def _host_error(host: str, error: OSError) -> LoraMergeError:
 
 
 def free_port(host: str, start: int = 7860, tries: int = 100) -> socket.socket:
-    """A socket bound to the first port from `start` that nothing listens on.  It stays bound until the
+    """A socket listening on the first port from `start` that nothing listens on.  It is held until the
     server takes it, so no other program can take the port announced meanwhile."""
     for port in range(start, start + tries):
         try:
@@ -67,7 +67,7 @@ def free_port(host: str, start: int = 7860, tries: int = 100) -> socket.socket:
 
 
 def bind_port(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port; refuses, before anything is printed or built, a port this host
+    """A socket listening on host:port; refuses, before anything is printed or built, a port this host
     cannot listen on."""
     try:
         return _listening_socket(host, port)

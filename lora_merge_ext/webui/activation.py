@@ -5,7 +5,8 @@ Runs from the AlwaysVisible script's ``after_extra_networks_activate``, i.e. aft
 ``lora`` handler has cleared and refilled ``loaded_networks`` for this pass (first pass and hires
 pass alike).  Files come from a bounded cache (read once per file version); networks, and the files
 of one generation, are kept for the last two passes, so batches and the hires pass reuse them, and
-a Σ change only rescales one factor per module (runtime_state).  A bad tag is reported and skipped; the generation goes on.
+a Σ change only rescales one factor per module (runtime_state).  A bad tag is reported and skipped;
+the generation goes on.
 """
 from __future__ import annotations
 
