@@ -22,6 +22,6 @@ def resolve_device(name: "str | torch.device | None") -> torch.device:
     if name.startswith("cuda"):
         if not cuda_available():
             raise LoraMergeError(f"device {name}: no CUDA GPU is available to this torch "
-                                 f"({torch.__version__}); use --device cpu")
+                                 f"({torch.__version__}); use device cpu")
         return torch.device(name)
     raise LoraMergeError(f"device {name!r} is not cpu or cuda")
