@@ -53,6 +53,11 @@ class FactorShapes:
         return math.prod(self.down.shape[1:])
 
 
+def _own_bytes(t: torch.Tensor) -> torch.Tensor:
+    """t itself when it spans its whole storage, else a copy of just its values."""
+    return t if t.untyped_storage().nbytes() == t.nbytes else t.clone()
+
+
 @dataclass
 class LoraModule(FactorShapes):
     """One LoRA module in kohya naming; ΔW = scale·up·down.
@@ -66,6 +71,11 @@ class LoraModule(FactorShapes):
     down: torch.Tensor
     up: torch.Tensor
     alpha: float | None = None
+
+    def __getstate__(self) -> dict:
+        """A copy (pickle, deepcopy) takes the factors' own bytes: they are often views on a buffer the
+        size of the whole file, which pickle would otherwise copy once per view."""
+        return {**self.__dict__, "down": _own_bytes(self.down), "up": _own_bytes(self.up)}
 
     def up2d(self, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """up as an (out, r) matrix in dtype (None: as stored, a view)."""

@@ -308,6 +308,22 @@ def test_a_model_carrying_a_lora_can_be_deep_copied_and_saved_whole(joined, tmp_
     assert torch.equal(loaded(x, img)[0], plain[0]) and torch.equal(model(x, img)[0], with_lora[0])
 
 
+def test_a_lora_pickles_at_about_its_size(joined):
+    """Factors are views on one buffer the size of the file; a pickle holds each factor's own bytes,
+    not the whole buffer once per view (a multiprocessing pool pickles what it is given)."""
+    import os
+    import pickle
+    a, b, j = joined
+    lora = api.load(j)
+    size = os.path.getsize(j)
+    restored = pickle.loads(pickle.dumps(lora))
+    assert len(pickle.dumps(lora)) < 1.5 * size
+    assert all(torch.equal(restored.modules[n].delta(), m.delta()) for n, m in lora.modules.items())
+    assert restored.file_hash() == lora.file_hash()
+    merged = api.merge([a, b]).lora
+    assert len(pickle.dumps(merged)) < 1.5 * (os.path.getsize(a) + os.path.getsize(b)) * 2  # fp32 output
+
+
 def test_apply_lora_takes_a_path_or_a_merge_result_and_checks_its_multipliers(joined):
     a, b, j = joined
     model = TinyUNet()
