@@ -110,8 +110,9 @@ class LoraFile:
 
     def __getstate__(self) -> dict:
         """A copy (pickle, deepcopy) leaves out data_hash, which vouches for these very tensors only
-        (a save of the copy hashes its bytes)."""
-        return {**self.__dict__, "data_hash": None}
+        (a save of the copy hashes its bytes), and takes the embeddings' own bytes (see LoraModule)."""
+        return {**self.__dict__, "data_hash": None,
+                "embeddings": {key: _own_bytes(t) for key, t in self.embeddings.items()}}
 
     def file_hash(self) -> str | None:
         """The sha256 the WebUI shows for the file this was read from (None when not from a file)."""
