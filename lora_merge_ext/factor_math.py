@@ -64,15 +64,15 @@ def singular_factors(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ..
     qb, rb = torch.linalg.qr(b.T)
     u, s, vh = torch.linalg.svd(ra @ rb.T, full_matrices=False)
     # ‖·‖_F ≥ ‖·‖₂: no value below the Frobenius bound, none below the spectral one (most calls)
-    if s.numel() and float(s[-1]) <= _round_off(ra, rb, ra.norm() * rb.norm()):
-        floor = _round_off(ra, rb, torch.linalg.matrix_norm(ra, 2) * torch.linalg.matrix_norm(rb, 2))
+    if s.numel() and float(s[-1]) <= _round_off(a.shape[1], ra.norm() * rb.norm()):
+        floor = _round_off(a.shape[1], torch.linalg.matrix_norm(ra, 2) * torch.linalg.matrix_norm(rb, 2))
         s = torch.where(s > floor, s, torch.zeros_like(s))
     return qa, u, s, vh, qb
 
 
-def _round_off(ra: torch.Tensor, rb: torch.Tensor, norms: torch.Tensor) -> float:
+def _round_off(stacked_rank: int, norms: torch.Tensor) -> float:
     """ROUND_OFF per stacked rank (at least 16) times the product of the factors' norms."""
-    return ROUND_OFF * max(16, ra.shape[1]) * float(norms)
+    return ROUND_OFF * max(16, stacked_rank) * float(norms)
 
 
 def rank_for_energy(s: torch.Tensor, energy: float) -> int:
@@ -138,12 +138,13 @@ def relative_error(target: list[Part], result: list[Part],
     u, d = (x.double() for x in stacked(result))
     ga, gb = a.T @ a, b @ b.T
     target_sq = float((ga * gb).sum())
-    result_sq = float(((u.T @ u) * (d @ d.T)).sum())
+    gu, gd = u.T @ u, d @ d.T
+    result_sq = float((gu * gd).sum())
     cross = float(((a.T @ u) * (b @ d.T)).sum())
     diff_sq = max(target_sq + result_sq - 2.0 * cross, 0.0)
     # float64 round-off of the sums above: a target below it is zero (inputs that cancel), as is a
     # difference below it
-    noise = 1e-14 * float((ga.abs() * gb.abs()).sum() + ((u.T @ u).abs() * (d @ d.T).abs()).sum())
+    noise = 1e-14 * float((ga.abs() * gb.abs()).sum() + (gu.abs() * gd.abs()).sum())
     if target_sq <= noise:
         return 0.0 if diff_sq <= noise else math.inf
     return math.sqrt(diff_sq / target_sq)

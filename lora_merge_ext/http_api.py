@@ -103,15 +103,8 @@ def _auth_dependency(credentials: Dict[str, str]) -> Callable:
     return check
 
 
-# the merge rules speak of the tab's controls; over HTTP the same choice is a field of the body
-_CONTROL_WORDS = {"tick overwrite": 'send "overwrite": true'}
-
-
 def _error(exc: LoraMergeError) -> JSONResponse:
-    message = str(exc)
-    for control, field in _CONTROL_WORDS.items():
-        message = message.replace(control, field)
-    return JSONResponse(status_code=400, content={"error": message})
+    return JSONResponse(status_code=400, content={"error": str(exc)})
 
 
 def make_router(service: MergeService, *, credentials: Optional[Dict[str, str]] = None,

@@ -108,7 +108,7 @@ def test_overwrite_rule_and_inputs_protected(client, lora_dir):
     old = (lora_dir / "m.safetensors").read_bytes()
     r = client.post("/ljl/v1/merge", json={**req, "weights": [2, 2]})
     assert r.status_code == 400 and "already exists" in r.json()["error"]
-    assert 'send "overwrite": true' in r.json()["error"] and "tick" not in r.json()["error"]
+    assert "allow overwrite" in r.json()["error"] and "tick" not in r.json()["error"]
     assert (lora_dir / "m.safetensors").read_bytes() == old
     r = client.post("/ljl/v1/merge", json={**req, "weights": [2, 2], "overwrite": True})
     assert r.status_code == 200 and (lora_dir / "m.safetensors").read_bytes() != old

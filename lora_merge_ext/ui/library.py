@@ -46,9 +46,12 @@ class LoraLibrary:
         file of its own (another name for a LoRA, as the WebUI lists it)."""
         files: dict[str, Path] = {}
         seen: set[str] = set()
+        real_folders: dict[Path, str] = {}
         for root in self.folders:
             for path in walk_files(root, LORA_EXTENSIONS, hidden=False):
-                real = os.path.join(os.path.realpath(path.parent), path.name)
+                if path.parent not in real_folders:
+                    real_folders[path.parent] = os.path.realpath(path.parent)
+                real = os.path.join(real_folders[path.parent], path.name)
                 if real in seen:
                     continue
                 seen.add(real)

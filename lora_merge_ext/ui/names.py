@@ -78,7 +78,8 @@ def output_path(lora_dir: str | os.PathLike, name: str, subfolder: str = "", *, 
             if same_file(path, Path(item)):
                 raise LoraMergeError(f"output '{path.name}' is one of the inputs: choose another name")
         if path.exists() and not overwrite:
-            raise LoraMergeError(f"output '{_shown(root, path)}' already exists: tick overwrite or choose another name")
+            raise LoraMergeError(f"output '{_shown(root, path)}' already exists: "
+                                 "choose another name or allow overwrite")
     except OSError as exc:
         raise LoraMergeError(f"output '{_shown(root, path)}': cannot use this path: {exc.strerror or exc}") from None
     return path

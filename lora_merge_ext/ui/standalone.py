@@ -50,6 +50,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+_PORT_TAKEN = (errno.EADDRINUSE, errno.EACCES)  # any other bind error is the host's
+
+
 def _host_error(host: str, error: OSError) -> LoraMergeError:
     return LoraMergeError(f"cannot listen on {host}: {error.strerror or error} (check --host)")
 
@@ -61,7 +64,7 @@ def free_port(host: str, start: int = 7860, tries: int = 100) -> socket.socket:
         try:
             return _listening_socket(host, port)
         except OSError as error:
-            if error.errno not in (errno.EADDRINUSE, errno.EACCES):
+            if error.errno not in _PORT_TAKEN:
                 raise _host_error(host, error) from None
     raise LoraMergeError(f"no free port in {start}..{start + tries - 1} on {host}; pass --port")
 
@@ -72,7 +75,7 @@ def bind_port(host: str, port: int) -> socket.socket:
     try:
         return _listening_socket(host, port)
     except OSError as error:
-        if error.errno not in (errno.EADDRINUSE, errno.EACCES):
+        if error.errno not in _PORT_TAKEN:
             raise _host_error(host, error) from None
         raise LoraMergeError(f"cannot listen on {host}:{port}: {error.strerror or error} "
                              "(choose another --port)") from None
