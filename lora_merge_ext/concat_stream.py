@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .atomic_write import write_all, write_file_atomic
+from .atomic_write import preallocate, write_all, write_file_atomic
 from .factor_arena import data_layout
 from .factor_math import concat_parts, concat_round_off
 from .finite_check import block_is_finite
@@ -47,9 +47,11 @@ def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metad
     meta = metadata([HASH_PLACEHOLDER] * len(loras))
     meta.update(sshs_legacy_hash="0" * 8, sshs_model_hash=HASH_PLACEHOLDER)
     head_length = len(header_bytes(table, meta))
+    data_length = sum(math.prod(shape) * dtype.itemsize for *_, shape, dtype in entries)
     errors: dict[str, float] | None = {} if report else None
 
     def fill(fd: int) -> None:
+        preallocate(fd, head_length + data_length)
         # on two cores the hash has one and the merge the other; each further core is a worker.  A
         # report costs far more than the rest (Gram matrices per module): it takes every core.
         cores = worker_count()

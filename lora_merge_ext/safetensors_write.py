@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .atomic_write import check_target, write_all, write_file_atomic
+from .atomic_write import check_target, preallocate, write_all, write_file_atomic
 from .safetensors_header import DTYPE_SIZES, fail, show
 
 # safetensors writes tensors by dtype in this order, then by name
@@ -195,6 +195,7 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], metadata: Mappi
     ahead = hashed if hashed is not None and hashed.covers(views) else None
 
     def fill(fd: int) -> None:
+        preallocate(fd, head_length + sum(view.nbytes for view in views))
         hasher = None
         if ahead is None:
             hasher = threading.Thread(target=_hash_views, args=(views, digest), name="sshs-hash", daemon=True)

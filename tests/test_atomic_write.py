@@ -296,3 +296,16 @@ def test_a_killed_writes_old_temporary_file_is_removed_by_the_next_write(tmp_pat
     os.utime(other, (long_ago, long_ago))
     write_bytes_atomic(tmp_path / "new.bin", b"data")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, other.name, "new.bin"])
+
+
+def test_preallocate_reserves_the_whole_file_where_the_file_system_can(tmp_path):
+    from lora_merge_ext.atomic_write import preallocate
+    fd = os.open(tmp_path / "f.bin", os.O_RDWR | os.O_CREAT)
+    try:
+        preallocate(fd, 3 << 20)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_size == 0:
+        pytest.skip("this file system (or platform) does not preallocate")
+    assert st.st_size == 3 << 20 and st.st_blocks * 512 >= 3 << 20

@@ -329,3 +329,30 @@ def test_alphas_of_every_dtype_read_as_load_lora_reads_them(tmp_path, dtype, sha
         lazy.close()
     want = {n: m.alpha for n, m in load_lora(path).modules.items()}
     assert got == want and len(got) == len(values)
+
+
+@pytest.fixture()
+def file_size_limit():
+    """Set a file size limit (RLIMIT_FSIZE) for the test, with SIGXFSZ ignored so that a write past it
+    fails with EFBIG, as on a disk that is too full, instead of killing the process."""
+    resource = pytest.importorskip("resource")
+    import signal
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        yield lambda size: resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_an_output_with_no_room_fails_before_any_work_and_leaves_nothing(tmp_path, file_size_limit):
+    a = make_lora(tmp_path / "a.safetensors", "sd15_lora", rank=4, seed=1, keep=SD15_FEW)
+    b = make_lora(tmp_path / "b.safetensors", "sd15_lora", rank=4, seed=2, keep=SD15_FEW)
+    done = []
+    file_size_limit(a.stat().st_size)  # the output is about twice that
+    with pytest.raises(LoraMergeError) as info:
+        api.merge_to_file([a, b], tmp_path / "out.safetensors", progress=lambda *step: done.append(step))
+    assert str(info.value).startswith(f"{tmp_path / 'out.safetensors'}: could not write the file: File too large")
+    assert done == []  # refused when the space was reserved, before the first module was merged
+    assert sorted(os.listdir(tmp_path)) == ["a.safetensors", "b.safetensors"]
