@@ -52,7 +52,7 @@ def grid(host, prompt, x=None, y=None, z=None, csv_mode=False, **p_kwargs):
         else:
             args += [axis(script, spec[0]), spec[1], list(spec[2]) if len(spec) > 2 else []]
     p = host.processing(prompt=prompt, seed=SEED, **p_kwargs)
-    return script.run(p, *args, True, False, False, False, 0, csv_mode), p
+    return script.run(p, *args, True, False, False, False, False, False, False, 0, csv_mode), p
 
 
 def single(host, prompt, **kw):
@@ -132,7 +132,7 @@ def test_api_txt2img_runs_the_axes(sd1):
     index = axis(plot_script(), SIGMA)
     response = client.post("/sdapi/v1/txt2img", json={
         "prompt": "a cat <ljl:J:1,1>", "seed": SEED, "script_name": "x/y/z plot",
-        "script_args": [index, '"1,0", "0,1"', [], 0, "", [], 0, "", [], True, False, False, False, 0, False]})
+        "script_args": [index, '"1,0", "0,1"', [], 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False]})
     assert response.status_code == 200, response.text
     images = decode_images(response.json()["images"])
     assert len(images) == 2
@@ -247,7 +247,7 @@ def test_a_hires_prompt_with_other_loras_first_gets_the_prompt_s_tag_rewritten(s
     assert res.copies[0, 0, 0].hr_prompt == "b <ljl:K:1>"
 
 
-def test_prompt_lists_and_hires_prompt_lists_are_rewritten():
+def test_prompt_lists_and_hires_prompt_lists_are_rewritten(sd1):
     """API requests may carry one prompt per image; every prompt holding the tag is rewritten."""
     from types import SimpleNamespace
     from lora_merge_ext.webui.xyz_axes import apply_lbw, apply_sigma, finish_edits
@@ -262,8 +262,18 @@ def test_prompt_lists_and_hires_prompt_lists_are_rewritten():
     p = SimpleNamespace(prompt=["a", "b"])
     apply_sigma(p, "1", [])
     (problem,) = finish_edits(p)
-    assert problem.startswith("LJL Σ vector value '1': ") and "no <ljl:NAME:…> tag" in problem
+    assert problem.startswith("LJL Σ vector value '1': the prompt 'a' has no <ljl:NAME:…> tag")
     assert problem.endswith("this image is made without it")
+
+
+def test_a_cell_whose_prompt_lost_its_tag_quotes_that_prompt():
+    """A Prompt S/R that turns the <ljl> tag into a <lora> tag: the message shows the cell's prompt."""
+    from types import SimpleNamespace
+    from lora_merge_ext.webui.xyz_axes import apply_sigma, finish_edits
+    p = SimpleNamespace(prompt="a cat <lora:J:1>")
+    apply_sigma(p, "1,0", [])
+    (problem,) = finish_edits(p)
+    assert problem.startswith("LJL Σ vector value '1,0': the prompt 'a cat <lora:J:1>' has no <ljl:NAME:…> tag")
 
 
 def test_register_axes_outside_the_webui_is_a_quiet_no_op(capsys):
@@ -377,6 +387,27 @@ def test_a_component_the_renamed_file_lacks_is_reported_and_the_grid_goes_on(sd1
     assert "LJL component weight value 'B: 0'" in comments and "made without it" in comments
     assert_identical(outputs(res.cells[0, 1, 0]), single(sd1, "a <ljl:A:1>"))
     assert res.copies[0, 0, 0].prompt == "a <ljl:J:1,0>"
+
+
+def test_a_sigma_the_renamed_file_cannot_take_is_reported_and_the_tag_kept(sd1):
+    """Prompt S/R swaps J (two components) for A (one, rank 4): "1,0" fits neither; the cell keeps
+    <ljl:A:1> and says so, as for a component the file lacks, instead of dropping the LoRA."""
+    res, _ = grid(sd1, "a <ljl:J:1>", x=(SIGMA, "1,0 | 0,1"), y=("Prompt S/R", "J, A"))
+    assert not res.errors and res.copies[0, 1, 0].prompt == "a <ljl:A:1>"
+    comments = res.cells[0, 1, 0].comments
+    assert "LJL Σ vector value '1,0'" in comments and "made without it" in comments
+    assert_identical(outputs(res.cells[0, 1, 0]), single(sd1, "a <ljl:A:1>"))
+    assert_identical(outputs(res.cells[1, 0, 0]), single(sd1, "a <ljl:J:0,1>"))
+
+
+def test_cells_share_the_plots_comments_as_on_the_host(sd1):
+    """The host's cells are shallow copies of one p and share its comments: a later cell's info
+    still names the value an earlier cell left out (each names its own value)."""
+    res, _ = grid(sd1, "a <ljl:J:1>", x=(COMPONENT, "B: 0"), y=("Prompt S/R", "J, A, J"))
+    assert "made without it" not in res.cells[0, 0, 0].comments
+    assert "LJL component weight value 'B: 0'" in res.cells[0, 1, 0].comments
+    assert "LJL component weight value 'B: 0'" in res.cells[0, 2, 0].comments
+    assert_identical(outputs(res.cells[0, 2, 0]), single(sd1, "a <ljl:J:1,0>"))
 
 
 @pytest.fixture

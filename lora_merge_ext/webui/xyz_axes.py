@@ -79,19 +79,25 @@ def _rewrite(text, name, edit, required):
     if isinstance(text, (list, tuple)):
         out = [_rewrite(t, name, edit, False) for t in text]
         if required and not any(ljl_tag.has_tag(t, name) for t in text):
-            ljl_tag.pick_tag("", name)  # raises: no tag
+            ljl_tag.pick_tag(_first_text(text), name)  # raises: no such tag
         return out
     if isinstance(text, str) and (required or ljl_tag.has_tag(text, name)):
         return ljl_tag.rewrite_prompt(text, name, edit)
     return text
 
 
+def _first_text(texts) -> str:
+    """The first prompt of a list (for messages)."""
+    return next((t for t in texts if isinstance(t, str)), "")
+
+
 def _first_tag_name(prompt) -> str:
     """The name of the first `<ljl>` tag of the prompt (of the first prompt holding one, for a list)."""
-    for text in prompt if isinstance(prompt, (list, tuple)) else [prompt]:
+    texts = prompt if isinstance(prompt, (list, tuple)) else [prompt]
+    for text in texts:
         if isinstance(text, str) and ljl_tag.has_tag(text):
             return ljl_tag.pick_tag(text).name
-    return ljl_tag.pick_tag("").name  # raises: no tag
+    return ljl_tag.pick_tag(_first_text(texts)).name  # raises: no tag
 
 
 def rewrite_processing(p, name: str | None, edit) -> None:
@@ -167,7 +173,12 @@ def sigma_value(value: str) -> tuple[str | None, str]:
 
 def apply_sigma(p, x, xs):
     name, vector = sigma_value(x)
-    _queue(p, 0, SIGMA_AXIS, x, name, lambda tag: tag.with_vector(vector))
+
+    def edit(tag):
+        parse_sigma(vector, lora_info(tag.name)[0])  # the tag may name another file by now (Prompt S/R)
+        return tag.with_vector(vector)
+
+    _queue(p, 0, SIGMA_AXIS, x, name, edit)
 
 
 def confirm_sigma(p, xs):
@@ -233,7 +244,23 @@ def lbw_value(value: str) -> tuple[str | None, str]:
 
 def apply_lbw(p, x, xs):
     name, spec = lbw_value(x)
-    _queue(p, 1, LBW_AXIS, x, name, lambda tag: tag.with_option("lbw", spec))
+
+    def edit(tag):
+        _check_lbw(spec, lora_info(tag.name)[1])  # the tag may name another file by now (Prompt S/R)
+        return tag.with_option("lbw", spec)
+
+    _queue(p, 1, LBW_AXIS, x, name, edit)
+
+
+def _check_lbw(spec: str, family: str, presets: list | None = None) -> None:
+    """Raise LoraMergeError unless spec is a block-weight string for family; presets: a list that
+    holds preset.txt once read (read only for a preset name)."""
+    from ..lbw import parse_lbw
+    from ..presets import load_presets
+    presets = [] if presets is None else presets
+    if "," not in spec and not presets:
+        presets.append(load_presets())
+    parse_lbw(spec, family, presets[0] if presets else None)
 
 
 def lbw_choices() -> list[str]:
@@ -250,8 +277,6 @@ def lbw_choices() -> list[str]:
 
 
 def confirm_lbw(p, xs):
-    from ..lbw import parse_lbw
-    from ..presets import load_presets
     if not xs:
         raise LoraMergeError(f"{LBW_AXIS}: no values; {AXIS_HINTS[LBW_LABEL]}")
     presets = []  # read preset.txt once, and only when a value is a name
@@ -263,9 +288,7 @@ def confirm_lbw(p, xs):
             raise _fail(LBW_AXIS, value, exc) from None
         _, family = _info(LBW_AXIS, _tag(p, LBW_AXIS, name, value))
         try:
-            if "," not in spec and not presets:
-                presets.append(load_presets())
-            parse_lbw(spec, family, presets[0] if presets else None)
+            _check_lbw(spec, family, presets)
         except LoraMergeError as exc:
             raise _fail(LBW_AXIS, value, exc) from None
 

@@ -206,7 +206,8 @@ _CONTROLS = (("x_type", 1), ("x_values", ""), ("x_values_dropdown", []),
              ("y_type", 0), ("y_values", ""), ("y_values_dropdown", []),
              ("z_type", 0), ("z_values", ""), ("z_values_dropdown", []),
              ("draw_legend", True), ("include_lone_images", False), ("include_sub_grids", False),
-             ("no_fixed_seeds", False), ("margin_size", 0), ("csv_mode", False))
+             ("no_fixed_seeds", False), ("vary_seeds_x", False), ("vary_seeds_y", False), ("vary_seeds_z", False),
+             ("margin_size", 0), ("csv_mode", False))
 
 
 class Script(scripts.Script if scripts is not None else object):
@@ -223,7 +224,8 @@ class Script(scripts.Script if scripts is not None else object):
 
     def run(self, p, x_type, x_values, x_values_dropdown, y_type, y_values, y_values_dropdown,
             z_type, z_values, z_values_dropdown, draw_legend=True, include_lone_images=False,
-            include_sub_grids=False, no_fixed_seeds=False, margin_size=0, csv_mode=False):
+            include_sub_grids=False, no_fixed_seeds=False, vary_seeds_x=False, vary_seeds_y=False,
+            vary_seeds_z=False, margin_size=0, csv_mode=False):
         if not no_fixed_seeds:
             p.seed = _concrete_seed(p.seed)
             p.subseed = _concrete_seed(getattr(p, "subseed", -1))
@@ -242,16 +244,21 @@ class Script(scripts.Script if scripts is not None else object):
             cell = [0, 0, 0]
             for axis, pick in zip(outer_first, picks):
                 cell[axis] = pick
-            self._run_cell(p, options, values, tuple(cell), result)
+            self._run_cell(p, options, values, tuple(cell), result, (vary_seeds_x, vary_seeds_y, vary_seeds_z))
         return result
 
     @staticmethod
-    def _run_cell(p, options, values, cell, result):
+    def _run_cell(p, options, values, cell, result, vary_seeds=(False, False, False)):
         from modules import errors, processing
         pc = copy(p)
         pc.styles = list(getattr(p, "styles", None) or [])
         for opt, vals, pick in zip(options, values, cell):
             opt.apply(pc, vals[pick], vals)
+        stride = 1  # the host's "Vary seeds for X/Y/Z": one seed per cell along the ticked axes
+        for vary, vals, pick in zip(vary_seeds, values, cell):
+            if vary:
+                pc.seed += pick * stride
+                stride *= len(vals)
         result.copies[cell] = pc
         try:
             result.cells[cell] = processing.process_images(pc)

@@ -86,7 +86,7 @@ class StableDiffusionProcessing:
         self.extra_network_data = {}
         self.prompts = self.negative_prompts = self.seeds = self.subseeds = None
         self.c = self.uc = None
-        self._comments = []
+        self.comments = {}  # made once: the X/Y/Z plot's cells, shallow copies of one p, share it (as on the host)
         for name, value in kwargs.items():
             setattr(self, name, value)
         self._bind_caches()
@@ -103,8 +103,7 @@ class StableDiffusionProcessing:
         return shared.sd_model
 
     def comment(self, text):
-        if text not in self._comments:
-            self._comments.append(text)
+        self.comments[text] = 1
 
     def setup_prompts(self):
         total = self.batch_size * self.n_iter
@@ -268,7 +267,6 @@ def _run_hooks(p, hook, *args, **kwargs):
 
 
 def process_images(p) -> Processed:
-    p._comments = []  # the double's choice: comments belong to one call (X/Y/Z cells are copies of one p)
     _run_hooks(p, "before_process")
     previous = {key: shared.opts.data.get(key) for key in p.override_settings}
     try:
@@ -304,7 +302,7 @@ def _generate(p) -> Processed:
         images += batch
     if p.extra_network_data and not p.disable_extra_networks:
         extra_networks.deactivate(p, p.extra_network_data)
-    result = Processed(p, images, infotexts, p._comments)
+    result = Processed(p, images, infotexts, p.comments)
     _run_hooks(p, "postprocess", result)
     p.close()
     return result
