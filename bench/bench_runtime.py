@@ -65,7 +65,7 @@ def apply_cost(host, prompt: str) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--device", default="cpu", help="where the model's layers live: cpu or cuda")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="model and LoRA module dtype")

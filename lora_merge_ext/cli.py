@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="svd: dynamic rank keeping this fraction of the Frobenius energy (0-1], capped by --rank "
                         "(default: the largest input rank)")
     m.add_argument("--lbw", default=None, help="block weights: one spec for all inputs or SPEC;SPEC;… per input")
-    m.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    m.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="saved dtype [fp32]")
     m.add_argument("--device", default="cpu", help="cpu or cuda")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     m.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -90,18 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the error of a concat (add and svd are always measured)")
 
     r = sub.add_parser("realize", help="bake a Σ vector (and lbw) into a plain LoRA")
-    r.add_argument("input")
+    r.add_argument("input", help="a joined (or plain) LoRA file")
     r.add_argument("-o", "--output", required=True)
     r.add_argument("--sigma", required=True, help="Σ vector: 1 | 1,0 | 2.5*8,0*4 | NAME=1,NAME2=0.5")
-    r.add_argument("--lbw", default=None)
+    r.add_argument("--lbw", default=None, help="block weights: 17/26 (SD1) or 12/20 (SDXL) values, or a preset name")
     r.add_argument("--te", type=_finite, default=1.0, help="text encoder multiplier [1]")
     r.add_argument("--unet", type=_finite, default=1.0, help="UNet multiplier [1]")
-    r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="saved dtype [fp32]")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     i = sub.add_parser("inspect", help="family, modules, ranks, components, hash and metadata of a LoRA")
-    i.add_argument("file")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("file", help="a LoRA file")
+    i.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     sub.add_parser("ui", help="serve the merge tab in a browser (see `ui --help`)", add_help=False)
     return p

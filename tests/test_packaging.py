@@ -67,3 +67,23 @@ def test_an_installed_wheel_finds_presets_css_and_examples(wheel, tmp_path):
                             env=env, capture_output=True, text=True, cwd=tmp_path)
     assert merged.returncode == 0, merged.stderr
     assert out.is_file()
+
+
+def test_the_ui_extra_installs_the_gradio_4_set_the_tests_run_on():
+    """`pip install '.[ui]'` must resolve to versions that work together: every package the extra
+    names is allowed at the version dev/requirements-gradio4.txt pins (the set the UI tests run on)."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ui"]
+    pins = {}
+    for line in (root / "dev" / "requirements-gradio4.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    for spec in map(Requirement, extra):
+        assert canonicalize_name(spec.name) in pins, spec.name
+        assert spec.specifier.contains(pins[canonicalize_name(spec.name)]), (str(spec), pins[canonicalize_name(spec.name)])
+    named = {canonicalize_name(Requirement(s).name) for s in extra}
+    assert {"gradio", "fastapi", "starlette", "huggingface-hub"} <= named  # the ones newer releases broke

@@ -160,6 +160,22 @@ def test_standalone_without_gradio_is_one_error_line(tmp_path, capsys, monkeypat
     assert "pip install 'lora-merge-ext[ui]'" in err
 
 
+def test_standalone_with_gradio_versions_that_clash_says_so(tmp_path, capsys, monkeypatch):
+    """gradio installed, but an import inside it fails (a newer huggingface_hub without HfFolder): the
+    error says the versions clash rather than that gradio is missing."""
+    import sys
+    fake = tmp_path / "site" / "gradio"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"cannot import name 'HfFolder' from 'huggingface_hub'\")\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "gradio", raising=False)
+    assert standalone.main(["--lora-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("error: the ui command could not import gradio (cannot import name 'HfFolder' from "
+                          "'huggingface_hub': versions that do not work together): pip install 'lora-merge-ext[ui]'")
+
+
 @pytest.mark.parametrize("argv0, shown", [("/venv/bin/lora-merge", "lora-merge"),
                                           ("/src/lora_merge_ext/__main__.py", "python -m lora_merge_ext")])
 def test_usage_names_the_command_as_it_was_run(monkeypatch, argv0, shown):

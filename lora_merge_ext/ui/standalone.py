@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ..errors import LoraMergeError
+from ..safetensors_header import show
 from ..shipped_files import shipped_path
 
 EXAMPLES_DIR = shipped_path("examples")
@@ -159,6 +160,14 @@ def main(argv: list[str]) -> int:
         return _serve(args, lora_folders, sock)
 
 
+def _import_problem(exc: ImportError) -> str:
+    """Why gradio and its server could not be imported: a package missing, or installed in a version
+    that does not work with the others (an import inside one of them failed)."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f"the ui command needs gradio ({show(exc.name)} is not installed)"
+    return f"the ui command could not import gradio ({show(str(exc), 200)}: versions that do not work together)"
+
+
 def _serve(args: argparse.Namespace, lora_folders: list[Path], sock: socket.socket) -> int:
     """Build the tab and serve it on the bound socket until interrupted."""
     try:
@@ -166,8 +175,8 @@ def _serve(args: argparse.Namespace, lora_folders: list[Path], sock: socket.sock
         import uvicorn
         from fastapi import FastAPI
     except ImportError as exc:
-        print(f"error: the ui command needs gradio ({exc.name or exc} is not installed): "
-              "pip install 'lora-merge-ext[ui]', or pip install '.[ui]' in the source folder", file=sys.stderr)
+        print(f"error: {_import_problem(exc)}: pip install 'lora-merge-ext[ui]', or pip install '.[ui]' in the "
+              "source folder", file=sys.stderr)
         return 2
 
     from ..http_api import register
