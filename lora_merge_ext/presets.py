@@ -1,8 +1,9 @@
 """The lbw preset file: one preset per line, ``NAME:v1,v2,…``.
 
-Blank lines and lines starting with ``#`` are ignored.  A name may appear once per model
-family: with 17 or 26 values (SD1/SD2) and again with 12 or 20 values (SDXL); parse_lbw
-picks the form that fits the model.  Bad lines are skipped and described in
+Blank lines and lines starting with ``#`` are ignored.  A name has one form per model family:
+17 or 26 values (SD1/SD2) and 12 or 20 values (SDXL); parse_lbw picks the form that fits the
+model.  A later line for a name and family replaces the earlier one, as in lora-block-weight's
+preset file (so lines added below the shipped ones win).  Bad lines are skipped and described in
 ``Presets.problems`` (with line numbers); loading never fails because of a bad line.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Presets(dict):
         self.skipped: dict[str, str] = {}
 
 
-def _check_line(line: str, first_seen: dict) -> tuple[str, str]:
+def _check_line(line: str) -> tuple[str, str]:
     """(name, values) of a preset line; LoraMergeError saying what is wrong otherwise."""
     name, colon, values = line.partition(":")
     name, values = name.strip(), values.strip()
@@ -46,28 +47,30 @@ def _check_line(line: str, first_seen: dict) -> tuple[str, str]:
     group = _GROUPS.get(len(numbers))
     if group is None:
         raise LoraMergeError(f"preset '{show(name)}' has {len(numbers)} values; expected 12, 17, 20 or 26")
-    if (name, group) in first_seen:
-        raise LoraMergeError(f"preset '{show(name)}' already has a {group} form (line {first_seen[name, group]})")
     return name, values
 
 
 def parse_presets(text: str) -> Presets:
     """Presets from the text of a preset file."""
     presets = Presets()
-    first_seen: dict[tuple[str, str], int] = {}
+    position: dict[tuple[str, str], int] = {}  # (name, family group) → index of its form in presets[name]
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            name, values = _check_line(line, first_seen)
+            name, values = _check_line(line)
         except LoraMergeError as exc:
             problem = f"line {number}: {exc}"
             presets.problems.append(problem)
             presets.skipped.setdefault(line.partition(":")[0].strip(), problem)
             continue
-        first_seen[name, _GROUPS[values.count(",") + 1]] = number
-        presets.setdefault(name, []).append(values)
+        forms = presets.setdefault(name, [])
+        index = position.setdefault((name, _GROUPS[values.count(",") + 1]), len(forms))
+        if index == len(forms):
+            forms.append(values)
+        else:
+            forms[index] = values
     return presets
 
 

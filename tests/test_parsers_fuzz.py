@@ -140,7 +140,7 @@ def oracle_lbw(spec, family, presets, x):
 
 
 def oracle_presets(text):
-    presets, seen, problems = {}, set(), 0
+    presets, where, problems = {}, {}, 0
     for line in text.splitlines():
         s = line.strip()
         if not s or s.startswith("#"):
@@ -150,12 +150,15 @@ def oracle_presets(text):
         tokens = values.split(",")
         group = {17: "sd", 26: "sd", 12: "xl", 20: "xl"}.get(len(tokens))
         ok = (colon and name and not any(c in ",=<>" or c.isspace() for c in name)
-              and all(oracle_token(t, 1.0) is not None for t in tokens) and group and (name, group) not in seen)
+              and all(oracle_token(t, 1.0) is not None for t in tokens) and group)
         if not ok:
             problems += 1
             continue
-        seen.add((name, group))
-        presets.setdefault(name, []).append(values)
+        if (name, group) in where:  # a later line replaces the form, in place
+            presets[name][where[name, group]] = values
+        else:
+            where[name, group] = len(presets.setdefault(name, []))
+            presets[name].append(values)
     return presets, problems
 
 

@@ -52,7 +52,6 @@ ALL: {ONES12}
     ("EMPTY:", ["line 2", "empty entry"]),
     ("TRAIL:" + ONES12 + ",", ["empty entry"]),
     ("HASH:" + ONES12 + " # note", ["is not a number"]),
-    ("ALL:" + ONES26, ["line 2", "preset 'ALL' already has a SD1/SD2 form (line 1)"]),
 ])
 def test_bad_lines_are_reported_and_skipped(line, words):
     presets = parse_presets(f"ALL:{ONES17}\n{line}\nOK:{ONES20}")
@@ -71,10 +70,13 @@ def test_a_form_skipped_for_a_bad_line_is_named_when_that_family_asks_for_it():
     assert "has no SDXL form" in message and "line 2" in message and "'zz' is not a number" in message
 
 
-def test_same_family_twice_keeps_the_first():
+def test_a_later_line_for_the_same_family_wins_as_in_lora_block_weight():
+    """lora-block-weight reads its preset file into a dict, line by line: a user's line pasted below
+    the shipped ones replaces them."""
     presets = parse_presets(f"P:{ONES12}\nP:{ONES20}\nP:{ONES26}\nP:{ONES17}")
-    assert presets["P"] == [ONES12, ONES26]
-    assert [p.split(":")[0] for p in presets.problems] == ["line 2", "line 4"]
+    assert presets["P"] == [ONES20, ONES17] and presets.problems == []
+    mine = parse_presets("MINE:" + ",".join(["1"] * 17) + "\nMINE:" + ",".join(["0"] * 8 + ["1"] * 9))
+    assert parse_lbw("MINE", "sd1", mine)["IN01"] == 0.0
 
 
 def test_load_presets_from_path(tmp_path):

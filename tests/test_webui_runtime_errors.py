@@ -21,6 +21,7 @@ BAD_TAGS = [
     ("<ljl:J:1:lbw=1,1,1,1,1,1,1,1,1,1,1,1>", "SD1 needs 17 or 26"),
     ("<ljl:J:1:0.5>", "unexpected item '0.5'"),
     ("<ljl:J:1:dyn=2>", "dyn= is not supported"),
+    ("<ljl:J:lbwe=ATTNDEEPOFF>", "lbwe= is a lora-block-weight option that <ljl> does not support"),
     ("<ljl:J:C=1>", "C"),
 ]
 

@@ -144,6 +144,9 @@ def test_read_tag_forms():
     (["J", "dyn=4"], "dyn= is not supported"), (["J", "lbw= "], "lbw= is empty"),
     (["J", "lbw=ALL", "w=ALL"], "lbw/w= is given twice"), (["J", "x=2"], "x= sets X in lbw=, but the tag has no lbw="),
     (["J", "lbw=ALL", "x=nan"], "x='nan' is not a finite number"),
+    (["J", "lbwe=ATTNDEEPOFF"], "lbwe= is a lora-block-weight option that <ljl> does not support"),
+    (["J", "1", "lbw=ALL", "start=10"], "start= is a lora-block-weight option"),
+    (["J", "1", "stop = 20"], "stop= is a lora-block-weight option"),
 ])
 def test_read_tag_errors(items, words):
     with pytest.raises(LoraMergeError, match=words):

@@ -14,10 +14,11 @@ import math
 from dataclasses import dataclass
 
 from ..errors import LoraMergeError
-from ..ljl_tag import OPTION_ALIASES, LjlTag, option_key
+from ..ljl_tag import OPTION_ALIASES, OPTION_KEYS, LjlTag, option_key
 from ..sigma import show
 
 FORM = "<ljl:NAME:VECTOR[:te=X][:unet=X][:lbw=SPEC][:x=X]>"
+LBW_ONLY_OPTIONS = ("lbwe", "start", "stop", "step")  # lora-block-weight's own tag options
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ def read_tag(items) -> TagRequest:
         raise LoraMergeError(f"the LoRA name is empty; write {FORM}")
     options: dict[str, str] = {}
     for index, item in enumerate(items[1:], start=1):
+        foreign, eq, _ = item.partition("=")
+        if eq and foreign.strip() in LBW_ONLY_OPTIONS:
+            raise LoraMergeError(f"{foreign.strip()}= is a lora-block-weight option that <ljl> does not support "
+                                 f"(<ljl> takes {', '.join(k + '=' for k in OPTION_KEYS if k != 'dyn')})")
         key = option_key(item)
         if key is not None:
             if key in options:
