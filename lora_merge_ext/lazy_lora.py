@@ -24,7 +24,7 @@ from .errors import LoraMergeError
 from .family import detect_family
 from .loading import alpha_value, check_factor_shapes, group_keys, kohya_name
 from .lora_file import FactorShapes
-from .safetensors_header import TensorInfo, open_input_file, parse_header
+from .safetensors_header import TensorInfo, open_input_file, parse_open_header
 from .safetensors_io import TORCH_DTYPES, DataDigest, sha256_of_range
 
 FACTOR_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -101,28 +101,32 @@ class LazyLora:
             self.fd = -1
 
 
+_NEEDS_LOAD = "needs load_lora"  # remembered for a file open_lazy cannot describe
+_described = hash_memo.FileMemo(64)  # identity → (family, modules, metadata, data range), or _NEEDS_LOAD
+
+
 def open_lazy(path: str | os.PathLike) -> LazyLora | None:
     """Open a .safetensors LoRA as a LazyLora, raising LoraMergeError as load_lora does for a bad
-    header or shapes; None when the file needs load_lora."""
+    header or shapes; None when the file needs load_lora.  The description of a file opened before
+    and unchanged since is remembered (hash_memo), not read again."""
     path = os.fspath(path)
     if sys.byteorder != "little" or Path(path).suffix.lower() != ".safetensors":
         return None
-    parsed = parse_header(path)
     f, size = open_input_file(path)
-    fd = os.dup(f.fileno())
-    f.close()
-    try:
-        read_at, ident = time.time_ns(), hash_memo.identity(os.fstat(fd))
-        modules = None if size != parsed.file_size else _modules(path, parsed, fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    if modules is None:
-        os.close(fd)
-        return None
-    family, modules = modules
-    return LazyLora(path, modules, dict(parsed.metadata), family, fd, ident, read_at,
-                    (parsed.data_start, parsed.file_size))
+    with f:
+        read_at, ident = time.time_ns(), hash_memo.identity(os.fstat(f.fileno()))
+        described = _described.recall(ident)
+        if described is None:
+            parsed = parse_open_header(f, size, path)
+            found = _modules(path, parsed, f.fileno())
+            described = _NEEDS_LOAD if found is None else (*found, parsed.metadata,
+                                                             (parsed.data_start, parsed.file_size))
+            _described.remember(ident, described, read_at)
+        if described is _NEEDS_LOAD:
+            return None
+        fd = os.dup(f.fileno())
+    family, modules, metadata, data_range = described
+    return LazyLora(path, dict(modules), dict(metadata), family, fd, ident, read_at, data_range)
 
 
 def _modules(path: str, parsed, fd: int) -> tuple[str, dict[str, LazyModule]] | None:

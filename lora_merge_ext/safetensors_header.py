@@ -278,10 +278,15 @@ def parse_header(path: os.PathLike | str) -> ParsedHeader:
     """Validate the whole header of a safetensors file; reads only the first 8 + N bytes."""
     f, size = open_input_file(path)
     with f:
-        n = read_header_length(f, size, path)
-        if n < 2:
-            raise fail(path, f"not a safetensors file: header length {n} is too short for a JSON object")
-        raw = read_exact(f, n, path, "the header")
+        return parse_open_header(f, size, path)
+
+
+def parse_open_header(f: BinaryIO, size: int, path) -> ParsedHeader:
+    """parse_header of a file already open (f at its start, size bytes; path for messages)."""
+    n = read_header_length(f, size, path)
+    if n < 2:
+        raise fail(path, f"not a safetensors file: header length {n} is too short for a JSON object")
+    raw = read_exact(f, n, path, "the header")
     header = _parse_json(raw, path)
     metadata = _parse_metadata(header.get("__metadata__"), path)
     tensors = {name: _parse_entry(name, entry, path) for name, entry in header.items() if name != "__metadata__"}

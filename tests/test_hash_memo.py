@@ -89,3 +89,23 @@ def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, memo, monkeyp
     with pytest.raises(LoraMergeError, match="changed while it was being read"):
         load_lora(a)
     assert hash_memo.recall(hash_memo.identity(os.stat(a))) is None
+
+
+def test_an_unchanged_header_is_read_once_and_a_rewritten_one_again(tmp_path, memo, monkeypatch):
+    """The streamed concat remembers each input's header description with its hash: a merge of the
+    same files again reads no header; a file written since is read afresh and merged as it is now."""
+    from lora_merge_ext import lazy_lora
+    a = make_lora(tmp_path / "a.safetensors", "sd15_lora", rank=4, seed=1, keep=SMALL)
+    b = make_lora(tmp_path / "b.safetensors", "sd15_lora", rank=4, seed=2, keep=SMALL)
+    read = []
+    real = lazy_lora.parse_open_header
+    monkeypatch.setattr(lazy_lora, "parse_open_header", lambda f, size, path: read.append(path) or real(f, size, path))
+    first, _ = api.merge_to_file([a, b], tmp_path / "1.safetensors")
+    second, _ = api.merge_to_file([a, b], tmp_path / "2.safetensors")
+    assert read == [str(a), str(b)]
+    assert first.sha256 == second.sha256
+    make_lora(tmp_path / "c.safetensors", "sd15_lora", rank=3, seed=3, keep=SMALL).replace(b)  # b is now another file
+    third, _ = api.merge_to_file([a, b], tmp_path / "3.safetensors")
+    assert read == [str(a), str(b), str(b)]
+    expected = api.merge([a, b]).lora
+    assert third.sha256 == api.save(expected, tmp_path / "4.safetensors").sha256
