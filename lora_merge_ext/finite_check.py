@@ -58,5 +58,16 @@ def block_is_finite(values: torch.Tensor) -> bool:
     values, found in one pass that writes nothing, are finite (aminmax propagates NaN)."""
     if values.numel() == 0:
         return True
-    low, high = torch.aminmax(values.reshape(-1))
+    flat = values.reshape(-1)
+    if _AMINMAX.get(flat.dtype, True):
+        try:
+            low, high = torch.aminmax(flat)
+        except RuntimeError:  # torch before 2.2 has no aminmax of fp16/bf16 on the CPU
+            _AMINMAX[flat.dtype] = False
+            return block_is_finite(values)
+    else:
+        low, high = flat.min(), flat.max()  # two passes, NaN propagates as well
     return bool(torch.isfinite(torch.stack([low, high])).all())
+
+
+_AMINMAX: dict[torch.dtype, bool] = {}  # dtype → whether this torch has aminmax for it (unknown: try)

@@ -132,6 +132,8 @@ def open_lazy(path: str | os.PathLike) -> LazyLora | None:
 def _modules(path: str, parsed, fd: int) -> tuple[str, dict[str, LazyModule]] | None:
     if any(map(is_bundled, parsed.tensors)):
         return None  # bundled embeddings: load_lora keeps them
+    if any(info.dtype not in TORCH_DTYPES for info in parsed.tensors.values()):
+        return None  # load_lora says which
     groups = group_keys(parsed.tensors, path)
     family = detect_family({m: g["down"] for m, g in groups.items() if "down" in g}, parsed.metadata)
     modules: dict[str, LazyModule] = {}

@@ -32,11 +32,22 @@ __all__ = ["TensorInfo", "read_header", "read_safetensors", "read_state_dict", "
 TORCH_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "I16": torch.int16, "U16": torch.uint16, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I32": torch.int32, "U32": torch.uint32, "F32": torch.float32,
-    "I64": torch.int64, "U64": torch.uint64, "F64": torch.float64,
+    "I16": torch.int16, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I32": torch.int32, "F32": torch.float32,
+    "I64": torch.int64, "F64": torch.float64,
 }
-assert set(TORCH_DTYPES) == set(DTYPE_SIZES)
+# unsigned 16-64 bit tensors exist from torch 2.3 (the WebUI installs 2.1.2); no LoRA holds them
+TORCH_DTYPES.update({name: getattr(torch, attr) for name, attr in (("U16", "uint16"), ("U32", "uint32"),
+                                                                   ("U64", "uint64")) if hasattr(torch, attr)})
+assert set(TORCH_DTYPES) <= set(DTYPE_SIZES)
+
+
+def check_dtypes_readable(parsed, path) -> None:
+    """Refuse a file holding a dtype this torch has no tensors of (U16/U32/U64 before torch 2.3)."""
+    for key, info in parsed.tensors.items():
+        if info.dtype not in TORCH_DTYPES:
+            raise fail(path, f"tensor {show(key)!r} has dtype {info.dtype}, which needs torch 2.3 or newer "
+                             f"(this is torch {torch.__version__})")
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 _CHUNK = 1 << 20
@@ -133,6 +144,7 @@ def read_tensor_file(path: os.PathLike | str, *, digest: bool = False) -> Tensor
     """Every tensor of a validated safetensors file, read with one read of the data section; the
     tensors share that buffer. digest: hash the data section (the addnet hash) on a second thread."""
     parsed = parse_header(path)
+    check_dtypes_readable(parsed, path)
     f, size = open_input_file(path)
     with f:
         read_at, before = time.time_ns(), _identity(f, path)
@@ -170,6 +182,7 @@ def read_safetensors(path: os.PathLike | str, keys: Iterable[str] | None = None
         whole = read_tensor_file(path)
         return whole.tensors, whole.metadata
     parsed = parse_header(path)
+    check_dtypes_readable(parsed, path)
     wanted = list(dict.fromkeys(keys))
     for key in wanted:
         if key not in parsed.tensors:

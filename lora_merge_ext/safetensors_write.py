@@ -23,12 +23,13 @@ from .safetensors_header import DTYPE_SIZES, fail, show
 WRITE_ORDER = ("U64", "I64", "F64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16",
                "F8_E4M3", "F8_E5M2", "I8", "U8", "BOOL")
 DTYPE_NAMES = {
-    torch.uint64: "U64", torch.int64: "I64", torch.float64: "F64", torch.float32: "F32", torch.uint32: "U32",
-    torch.int32: "I32", torch.bfloat16: "BF16", torch.float16: "F16", torch.uint16: "U16", torch.int16: "I16",
-    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL",
+    getattr(torch, attr): name for attr, name in (
+        ("uint64", "U64"), ("int64", "I64"), ("float64", "F64"), ("float32", "F32"), ("uint32", "U32"),
+        ("int32", "I32"), ("bfloat16", "BF16"), ("float16", "F16"), ("uint16", "U16"), ("int16", "I16"),
+        ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"), ("int8", "I8"), ("uint8", "U8"), ("bool", "BOOL"))
+    if hasattr(torch, attr)  # torch before 2.3 has no uint16/32/64
 }
-assert set(WRITE_ORDER) == set(DTYPE_NAMES.values()) == set(DTYPE_SIZES)
+assert set(DTYPE_NAMES.values()) <= set(WRITE_ORDER) == set(DTYPE_SIZES)
 _WRITE_RANK = {name: i for i, name in enumerate(WRITE_ORDER)}
 LEGACY_HASH_OFFSET, LEGACY_HASH_LENGTH = 0x100000, 0x10000
 _SMALL = 1 << 16  # tensors smaller than this are gathered into one write

@@ -1,4 +1,5 @@
 """WebUI entry point of the LoRA merge & join extension: wiring only (code in lora_merge_ext.webui)."""
+from lora_merge_ext import api  # noqa: F401  the core first: should it fail to load, nothing is registered
 from lora_merge_ext.webui import register
 
 register.register_callbacks()

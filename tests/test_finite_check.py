@@ -61,3 +61,16 @@ def test_a_single_special_is_found_anywhere_in_a_long_run(dtype, special, size):
         assert not runs_are_finite(x.view(torch.uint8), [(dtype, 0, x.numel() * x.element_size())])
         assert not block_is_finite(x)
     assert block_is_finite(torch.full((size,), torch.finfo(dtype).max, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_the_two_pass_extremes_used_where_torch_lacks_aminmax_find_the_same(monkeypatch, dtype):
+    """torch 2.1 (the WebUI's) has no aminmax of fp16/bf16 on the CPU: min and max take its place."""
+    from lora_merge_ext import finite_check
+    monkeypatch.setitem(finite_check._AMINMAX, dtype, False)
+    clean = torch.linspace(-3, 3, 1000).to(dtype)
+    assert finite_check.block_is_finite(clean)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        spoiled = clean.clone()
+        spoiled[537] = bad
+        assert not finite_check.block_is_finite(spoiled), bad
