@@ -76,11 +76,11 @@ def _stored(t: torch.Tensor) -> torch.Tensor:
 def group_keys(tensors: dict[str, torch.Tensor], label: str) -> dict[str, dict[str, torch.Tensor]]:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
+        if is_bundled(key):  # before the type check: an embedding may be named b2, w_norm, …
+            continue
         kind = unsupported_type(key)
         if kind:
             raise LoraMergeError(f"{label}: key {key} is a {kind} module; only LoRA and LoCon modules can be merged")
-        if is_bundled(key):
-            continue
         parts = split_key(key)
         if parts is None:
             if key.startswith(CHECKPOINT_PREFIXES):

@@ -96,3 +96,17 @@ def test_provenance_of_a_concat_with_embeddings(inputs, tmp_path):
     meta = api.load(out).metadata
     assert [i["file"] for i in json.loads(meta["ljl_provenance"])["inputs"]] == ["a.safetensors", "b.safetensors"]
     assert json.loads(meta["ljl_layout"])["components"] == [{"name": "a", "rank": 4}, {"name": "b", "rank": 4}]
+
+
+@pytest.mark.parametrize("name", ["b2", "w_norm", "hada_w1_a", "lokr_w1"])
+def test_an_embedding_named_like_another_lora_types_key_is_still_an_embedding(tmp_path, name):
+    """`bundle_emb.b2.…` is a trigger word, not a GLoRA key: the file loads, merges and is described."""
+    vector = torch.randn(1, 768, generator=torch.Generator().manual_seed(3))
+    a = _file(tmp_path / "a.safetensors", 1, {f"bundle_emb.{name}.string_to_param.*": vector})
+    b = _file(tmp_path / "b.safetensors", 2, {})
+    out = tmp_path / "joined.safetensors"
+    api.merge_to_file([a, b], out)
+    assert torch.equal(load_file(str(out))[f"bundle_emb.{name}.string_to_param.*"], vector)
+    assert describe(str(out))["bundled_embeddings"] == [name]
+    baked = api.realize(out, "1,0")
+    assert torch.equal(baked.embeddings[f"bundle_emb.{name}.string_to_param.*"], vector)

@@ -92,6 +92,15 @@ def test_metadata_ini_requirements_are_met_where_the_builtin_lora_is_installed(b
     assert ini["scripts/ljl_merge.py"]["After"].strip() == "lora"
 
 
+@pytest.mark.parametrize("encoding", ["cp936", "cp949", "cp950", "cp1252"])
+def test_metadata_ini_reads_in_any_windows_code_page(encoding):
+    """The host reads metadata.ini without an encoding (extensions.py:50): on Windows that is the ANSI
+    code page, and a non-ASCII byte there makes every start report an error and lose `After`."""
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / "metadata.ini", encoding=encoding)
+    assert ini["scripts/ljl_merge.py"]["After"].strip() == "lora"
+
+
 def test_install_py_installs_nothing_and_uses_no_network(tmp_path):
     (tmp_path / "launch.py").write_text(textwrap.dedent("""
         import pathlib
