@@ -22,6 +22,8 @@ BAD_TAGS = [
     ("<ljl:J:1:0.5>", "unexpected item '0.5'"),
     ("<ljl:J:1:dyn=2>", "dyn= is not supported"),
     ("<ljl:J:lbwe=ATTNDEEPOFF>", "lbwe= is a lora-block-weight option that <ljl> does not support"),
+    ("<ljl:J:1e39,0>", "values too large for the model's float32; use smaller values"),
+    ("<ljl:J:1,0:lbw=1,X,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1:x=1e39>", "values too large"),
     ("<ljl:J:C=1>", "C"),
 ]
 
@@ -140,3 +142,24 @@ def test_a_pass_run_without_the_hook_says_the_tags_were_skipped(sd1, capsys):
     assert_close(outputs(res), outputs(sd1.txt2img("x <lora:C:0.5>", seed=3)))   # the rest still applies
     ok = sd1.txt2img("x <ljl:J:1>", seed=3)                                     # the usual pass: no message
     assert "LJL" not in ok.comments
+
+
+def test_a_module_that_fails_on_its_layer_is_counted_under_the_tag_name(host_factory, tmp_path):
+    """An SD1 join on an SDXL model: attn2_to_k of down_blocks_1 exists there with another shape, so the
+    host's weight update fails for it.  The host's "Networks with errors" names `<ljl:J>` once, whatever
+    the Σ, not the internal network name, which changes with every Σ."""
+    import re
+    from host_double.fixtures import keep_of, write_join, write_lora
+    lora_dir = tmp_path / "Lora"
+    lora_dir.mkdir()
+    keep = lambda n: bool(re.match(r"lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k$", n))  # noqa: E731
+    a = write_lora(lora_dir, "A", "sd1", rank=4, seed=1, keep=lambda n: keep(n) or keep_of("sd1")(n))
+    b = write_lora(lora_dir, "B", "sd1", rank=2, seed=2, keep=lambda n: keep(n) or keep_of("sd1")(n))
+    write_join(lora_dir, "J", [a, b])
+    host = host_factory("sdxl", lora_dir=lora_dir)
+    plain = host.txt2img("x <lora:A:1>", seed=11)
+    assert re.search(r"Networks with errors: A \(\d+\)", plain.comments), plain.comments  # the host's own count
+    for sigma in ("1,0", "0.5,1"):
+        res = host.txt2img(f"x <ljl:J:{sigma}>", seed=11)
+        assert re.search(r"Networks with errors: <ljl:J> \(\d+\)\n", res.comments), res.comments
+        assert "@ljl:" not in res.comments

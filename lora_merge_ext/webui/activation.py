@@ -123,3 +123,18 @@ def activate(p, extra_network_data) -> None:
         forget_conds(p)
     state.end_pass(getattr(shared.opts, "lora_in_memory_limit", 0), paths, keys, generation=p)
     infotext.write(p)
+
+
+def name_layer_errors_by_tag() -> None:
+    """The host counts a module that fails on its layer under the network's name and shows
+    "Networks with errors: NAME (count)" under the image.  A tag's network is named NAME@ljl:DIGEST
+    (see network_build), a new one for each Σ: count those under `<ljl:NAME>` instead."""
+    try:
+        errors = lora_modules().networks.extra_network_lora.errors
+    except (LoraUnavailable, AttributeError):
+        return
+    if not isinstance(errors, dict):
+        return
+    for key in [k for k in errors if isinstance(k, str) and "@ljl:" in k]:
+        label = f"<ljl:{key.partition('@ljl:')[0]}>"
+        errors[label] = errors.get(label, 0) + errors.pop(key)

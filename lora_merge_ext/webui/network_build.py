@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from ..attention_group import kept_with_siblings
+from ..errors import LoraMergeError
+from ..finite_check import block_is_finite
 from ..lbw import lbw_factor
 from .layer_match import layer_mapping, match_layer
 
@@ -125,5 +127,9 @@ def build_network(host, sd_model, entry, mentioned_name: str, lora, layout, per_
             scaled = t.factor * c.reshape((1, -1) + (1,) * (t.factor.dim() - 2))
         else:
             scaled = t.factor * c.reshape((-1,) + (1,) * (t.factor.dim() - 1))
-        net.modules[t.host_module.sd_key] = _with_factor(t.host_module, t.side, scaled, net)
+        module = _with_factor(t.host_module, t.side, scaled, net)
+        if not block_is_finite(getattr(module, f"{t.side}_model").weight.detach()):
+            raise LoraMergeError(f"Σ, lbw and x give module {t.name} values too large for the model's "
+                                 f"{str(module.up_model.weight.dtype).replace('torch.', '')}; use smaller values")
+        net.modules[t.host_module.sd_key] = module
     return net

@@ -29,5 +29,8 @@ def make_script_class():
         def after_extra_networks_activate(self, p, *args, **kwargs):
             activation.activate(p, kwargs.get("extra_network_data"))
 
+        def postprocess_batch(self, p, *args, **kwargs):
+            activation.name_layer_errors_by_tag()  # before the host's deactivate reports them
+
     setattr(LjlScript, HOOK_MARK, True)
     return LjlScript
