@@ -111,6 +111,10 @@ def as_presets(value) -> Presets | None:
                 not all(isinstance(f, str) for f in forms):
             raise LoraMergeError(f"preset {show(repr(name))}: expected a name and a string of values "
                                  "(or a list of them)")
+        groups = [_GROUPS.get(form.count(",") + 1) for form in forms]
+        twice = next((g for g in groups if g is not None and groups.count(g) > 1), None)
+        if twice:
+            raise LoraMergeError(f"preset {show(repr(name))}: two {twice} forms; give at most one per family")
         lines += [f"{name}:{form}" for form in forms]
     presets = parse_presets("\n".join(lines))
     if presets.problems:

@@ -367,7 +367,8 @@ def test_custom_presets_are_a_path_or_a_mapping_everywhere(joined, tmp_path):
     apply_lora(model, j, "1", lbw="MINE", presets={"MINE": mine})
     assert torch.equal(model(x, img)[0], numbers[0]) and torch.equal(model(x, img)[1], numbers[1])
     for bad, message in ((42, "expected a preset file's path or a mapping"),
-                         ({"MINE": 1}, "expected a name and a string"), ({"MINE": "1,2,3"}, "has 3 values")):
+                         ({"MINE": 1}, "expected a name and a string"), ({"MINE": "1,2,3"}, "has 3 values"),
+                         ({"MINE": [mine, "0," * 25 + "0"]}, "two SD1/SD2 forms; give at most one per family")):
         with pytest.raises(LoraMergeError, match=message):
             api.realize(j, "1", lbw="MINE", presets=bad)
 

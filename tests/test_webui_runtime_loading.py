@@ -138,6 +138,9 @@ def test_read_tag_forms():
     assert (r.sigma, r.lbw, r.x) == ("x=1,face=0", "MIDD", 1.0)
     r = read_tag(["J", "face=1"])
     assert r.sigma == "face=1"
+    r = read_tag(["J", "start=0.5,face=1"])  # components named like lora-block-weight's options, with a second entry
+    assert r.sigma == "start=0.5,face=1"
+    assert read_tag(["J", "face=1,step=0"]).sigma == "face=1,step=0"
     r = read_tag(["J", "te=0", "unet=1.5"])
     assert (r.sigma, r.te, r.unet) == ("1", 0.0, 1.5)
     r = read_tag(["my lora ", " 1,0 ", "lbw= 1,0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1 "])

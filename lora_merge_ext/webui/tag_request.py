@@ -56,7 +56,7 @@ def read_tag(items) -> TagRequest:
     options: dict[str, str] = {}
     for index, item in enumerate(items[1:], start=1):
         foreign, eq, _ = item.partition("=")
-        if eq and foreign.strip() in LBW_ONLY_OPTIONS:
+        if item.count("=") == 1 and foreign.strip() in LBW_ONLY_OPTIONS:  # two or more: a named vector
             raise LoraMergeError(f"{foreign.strip()}= is a lora-block-weight option that <ljl> does not support "
                                  f"(<ljl> takes {', '.join(k + '=' for k in OPTION_KEYS if k != 'dyn')})")
         key = option_key(item)
