@@ -146,6 +146,10 @@ def check_inputs(loras: list, names: list[str], mode: str, weights, lbw, rank, c
     factors = _block_weights(lbw, n, family, presets)
     rank, conv_rank = _ranks(mode, rank, conv_rank, loras)
     order = _module_order(loras, names)
+    if all(w * lbw_factor(f, name) == 0 for name in order for lora, w, f in zip(loras, weights, factors)
+           if name in lora.modules):
+        raise LoraMergeError("every module gets weight 0 (the weights times the lbw block weights): the merged "
+                             "LoRA would change nothing; check the weights and lbw")
     _check_output_size(mode, order, loras, rank, conv_rank)
     return MergePlan(weights, factors, family, rank, conv_rank, order, joined_embeddings(loras, names))
 

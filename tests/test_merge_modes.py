@@ -366,3 +366,16 @@ def test_an_sdxl_unet_file_in_diffusers_names_without_cross_attention_is_sdxl(tm
     result = api.merge([kohya, other], lbw=",".join(["1"] * 12))  # an SDXL lbw fits it
     assert json.loads(result.lora.metadata["ljl_provenance"])["mode"] == "concat"
     assert result.lora.metadata["ss_base_model_version"].startswith("sdxl")
+
+
+@pytest.mark.parametrize("mode", ["concat", "add", "svd"])
+@pytest.mark.parametrize("weights, lbw", [([0.0, 0.0], None), ([1.0, -0.5], "NONE"), ([0.0, 1.0], [None, "NONE"])])
+def test_a_merge_that_would_change_nothing_is_refused(pair, tmp_path, mode, weights, lbw):
+    """Every module at weight 0 (a typo'd preset, both weights 0): refused, as a bake that switches every
+    rank off is, before anything is written."""
+    out = tmp_path / "nothing.safetensors"
+    with pytest.raises(LoraMergeError, match="every module gets weight 0"):
+        api.merge_to_file(list(pair), out, mode=mode, weights=weights, lbw=lbw)
+    assert not out.exists()
+    if mode != "add":  # (this pair's ranks differ: add refuses it for that)
+        api.merge_to_file(list(pair), out, mode=mode, weights=[0.0, 1.0])  # one input off is a fine merge

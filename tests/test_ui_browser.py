@@ -226,9 +226,13 @@ def test_a_reloaded_page_lists_files_added_since(server, browser):
         pick(pg, 0, "late_arrival")  # no click on refresh
         sync_api.expect(first(pg, "ljl_merge_info_0")).to_contain_text("SD1 · rank 2")
         sync_api.expect(first(pg, "ljl_merge_subfolder")).to_contain_text("late_folder")
+        (out_dir / "late_arrival.safetensors").unlink()  # gone: a refresh unpicks it and clears its info
+        pg.click("#ljl_merge_refresh")
+        sync_api.expect(pg.locator("#ljl_merge_input_0 input")).to_have_value("")
+        sync_api.expect(first(pg, "ljl_merge_info_0")).to_have_text("")
     finally:
         pg.close()
-        (out_dir / "late_arrival.safetensors").unlink()
+        (out_dir / "late_arrival.safetensors").unlink(missing_ok=True)
 
 
 def test_the_tag_builder_opens_any_file(page):
@@ -257,8 +261,11 @@ def test_svd_merge_shows_the_error_plot(page, server):
     expect(page.locator("#ljl_merge_measure")).to_be_hidden()  # add and svd are always measured
     rank = page.locator("#ljl_merge_rank input")
     expect(rank).to_have_value("0")  # 0: the largest input rank, as on the command line
-    rank.fill("1")
+    rank.fill("1.5")  # refused as the command line refuses it, not rounded behind the user's back
     set_name(page, "browser_svd")
+    merge_and_wait(page, "rank 1.5 must be a positive whole number")
+    assert not (out_dir / "browser_svd.safetensors").exists()
+    rank.fill("1")
     merge_and_wait(page, "✔ wrote browser_svd.safetensors")
     expect(page.locator("#ljl_merge_plot svg.ljl-error-plot rect.ljl-bar")).to_have_count(64)
     expect(first(page, "ljl_merge_summary")).to_contain_text("svd · rank 1")
@@ -284,6 +291,15 @@ def test_a_bad_name_is_refused_in_the_status_line(page, server):
     set_name(page, "browser_mix")
     merge_and_wait(page, "already exists")
     assert sorted(p.name for p in out_dir.iterdir()) == before
+
+
+def test_names_show_as_typed_not_as_markdown(page, server):
+    """A name Markdown would read as bold (`__mix__`) shows as typed in the status and the summary."""
+    _, out_dir = server
+    set_name(page, "__mix__ #1")
+    merge_and_wait(page, "✔ wrote __mix__ #1.safetensors")
+    sync_api.expect(first(page, "ljl_merge_summary")).to_contain_text("Saved __mix__ #1.safetensors")
+    assert (out_dir / "__mix__ #1.safetensors").is_file()
 
 
 def choose(pg, elem_id, text, custom=False, wait_s=120):

@@ -18,6 +18,12 @@ from lora_merge_ext.ui.library import LoraLibrary
 from lora_merge_ext.ui.report_plot import error_plot_svg, part_of
 from lora_merge_ext.ui.tag_builder import build_tag, per_rank_vector, sigma_text, tag_name
 
+
+def shown(markdown: str) -> str:
+    """What a Markdown status line shows: backslash escapes and HTML entities read."""
+    import html
+    return html.unescape(re.sub(r"\\(.)", r"\1", markdown))
+
 SMALL = lambda name: "down_blocks_0_attentions" in name and "attn2_to_k" in name  # noqa: E731
 
 
@@ -132,9 +138,24 @@ def test_picking_inputs_shows_family_rank_alpha_and_warns_on_mixing(service):
 def test_bake_view_writes_a_plain_lora(service):
     view = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="joined"))
     baked = callbacks.bake(service, view.state, [0.0, 1.0], "", "", "face_only", "", False, "fp16")
-    assert baked.ok and "face_only.safetensors" in baked.status and "Σ = 0,1" in baked.status
+    assert baked.ok and shown(baked.status) == "✔ wrote face_only.safetensors (Σ = 0,1)"
     assert "face_only.safetensors" in baked.choices
     assert service.describe("face_only.safetensors").ranks == (4,)
+
+
+def test_a_listed_file_link_to_a_file_elsewhere_bakes_like_any_listed_file(service, tmp_path):
+    """The tab lists and merges a link whose file lies outside the Lora folders; the bake takes it too."""
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_elsewhere"
+    elsewhere.mkdir()
+    joined = callbacks.merge(service, MergeRequest(inputs=["style.safetensors", "face.safetensors"], name="j"))
+    (tmp_path / "j.safetensors").rename(elsewhere / "shared.safetensors")
+    (tmp_path / "fav.safetensors").symlink_to(elsewhere / "shared.safetensors")
+    service.refresh()
+    opened = callbacks.open_for_tag(service, "fav.safetensors")
+    assert opened.ok, opened.status
+    baked = callbacks.bake(service, opened.state, [0.0, 1.0], "", "", "fav_face", None, False, "fp16")
+    assert baked.ok and shown(baked.status) == "✔ wrote fav_face.safetensors (Σ = 0,1)", baked.status
+    assert service.describe("fav_face.safetensors").ranks == (4,) and joined.ok
 
 
 def test_refresh_returns_choices_and_subfolders(service, tmp_path):
@@ -217,7 +238,7 @@ def test_a_join_resized_by_another_tool_merges_whole_and_is_refused_by_the_tag_b
     for name in merged:
         torch.testing.assert_close(merged[name], resized[name] - 0.5 * style[name], rtol=1e-6, atol=1e-7)
     refused = callbacks.open_for_tag(service, "resized.safetensors")
-    assert not refused.ok and "<ljl> cannot use this file" in refused.status and "has rank 6" in refused.status
+    assert not refused.ok and "<ljl> cannot use this file" in shown(refused.status) and "has rank 6" in refused.status
 
 
 def test_the_tag_builder_refuses_an_lbw_the_tag_would_be_skipped_for(service):
@@ -260,3 +281,13 @@ def test_the_tab_bakes_beside_the_source_file(service, tmp_path):
     assert baked.ok and (tmp_path / "style_half.safetensors").is_file()
     assert service.subfolder_of(tmp_path / "a" / "b" / "deep.safetensors") == ""
     assert service.subfolder_of(tmp_path.parent / "elsewhere.safetensors") == ""
+
+
+def test_names_and_values_from_files_and_users_are_not_read_as_markup():
+    """Status, summary, components and info lines are Markdown: a name like `__init__`, a Σ such as
+    `1*4,0*4` or a component named `<b>x</b>` must show as typed (the browser test renders them)."""
+    from lora_merge_ext.ui.markdown_text import code, literal
+    for text in ("__init__", "1*4,0*4", "<b>x</b> & more", "a|b", "[x](http://y)", "~~s~~", "back\\slash", "`t`"):
+        assert shown(literal(text)) == text
+        assert "<" not in literal(text) and not re.search(r"(?<!\\)[*_`|\[\]~]", literal(text))
+    assert code("`t`") == "`` `t` ``" and code("a``b") == "```a``b```" and code("plain.safetensors") == "`plain.safetensors`"

@@ -19,6 +19,7 @@ from ..lbw import parse_lbw
 from . import tag_builder
 from .handlers import MergeRequest, MergeService, SavedOutcome
 from .input_info import check_families, describe
+from .markdown_text import literal
 from .report_plot import error_plot_svg
 
 MAX_INPUTS = 8
@@ -26,7 +27,7 @@ MAX_SLIDERS = 8
 
 
 def error_status(exc: Exception) -> str:
-    return f"⚠ {exc}"
+    return f"⚠ {literal(exc)}"
 
 
 def failure_status(what: str, exc: Exception) -> str:
@@ -34,7 +35,8 @@ def failure_status(what: str, exc: Exception) -> str:
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     message = " ".join(str(exc).split())
     message = message if len(message) <= 300 else message[:299] + "…"
-    return f"⚠ {what} failed: {type(exc).__name__}{': ' + message if message else ''} (details in the console)"
+    return (f"⚠ {what} failed: {type(exc).__name__}{': ' + literal(message) if message else ''} "
+            "(details in the console)")
 
 
 @dataclass
@@ -114,7 +116,7 @@ def merge(service: MergeService, req: MergeRequest, progress: Callable | None = 
     text, message = tag(state, [s.value for s in sliders], "", tag_lbw, service.presets_or_none())
     return ResultView(
         ok=True,
-        status=f"✔ wrote {outcome.label}",
+        status=f"✔ wrote {literal(outcome.label)}",
         summary=outcome.summary_markdown(),
         components=outcome.components_markdown(),
         plot=plot_html(outcome),
@@ -168,7 +170,7 @@ def _unslid_note(layout: JoinLayout, advanced: str | None) -> str:
     rest = layout.components[MAX_SLIDERS:]
     if not rest or (advanced or "").strip():
         return ""
-    names = ", ".join(c.name for c in rest[:4]) + (", …" if len(rest) > 4 else "")
+    names = ", ".join(literal(c.name) for c in rest[:4]) + (", …" if len(rest) > 4 else "")
     return (f"ℹ components {MAX_SLIDERS + 1}–{len(layout.components)} ({names}) have no slider and stay at 1: "
             "set them in the advanced Σ field")
 
@@ -182,13 +184,15 @@ def bake(service: MergeService, state: dict | None, sliders: Sequence[float], ad
         sigma = tag_builder.sigma_text(layout, sliders, advanced or "")
         if subfolder is None:
             subfolder = service.subfolder_of(state["path"])
-        outcome = service.bake(state["path"], sigma, lbw or "", name, subfolder=subfolder or "",
+        source = state.get("label") or state["path"]  # the label: a listed file link resolves outside the folders
+        outcome = service.bake(source, sigma, lbw or "", name, subfolder=subfolder or "",
                                overwrite=bool(overwrite), dtype=dtype or "fp16")
     except LoraMergeError as exc:
         return ResultView(ok=False, status=error_status(exc))
     except Exception as exc:  # noqa: BLE001
         return ResultView(ok=False, status=failure_status("saving with Σ", exc))
-    return ResultView(ok=True, status=f"✔ wrote {outcome.label} (Σ = {sigma}{', lbw ' + lbw if lbw else ''})",
+    return ResultView(ok=True, status=f"✔ wrote {literal(outcome.label)} (Σ = {literal(sigma)}"
+                                      f"{', lbw ' + literal(lbw) if lbw else ''})",
                       summary=outcome.summary_markdown(), choices=service.library.labels(),
                       subfolders=service.subfolders())
 

@@ -31,6 +31,7 @@ from . import names
 from .host_names import files_answering_to
 from .input_info import InputInfo, check_families, describe, size_text
 from .library import LoraLibrary
+from .markdown_text import code, literal
 from .numbers import number_or_none
 from .output_folders import folder_for_write
 
@@ -98,7 +99,7 @@ class SavedOutcome:
         return len(self.layout.components) > 1
 
     def summary_markdown(self) -> str:
-        lines = [f"**Saved** `{self.label}` · {size_text(self.size)} · {LABELS.get(self.family, self.family)} · "
+        lines = [f"**Saved** {code(self.label)} · {size_text(self.size)} · {LABELS.get(self.family, self.family)} · "
                  f"{self.mode} · rank {self.rank_text} · {self.modules} modules",
                  f"sha256 `{self.sha256}`"]
         if self.report is not None and self.report.rows:
@@ -110,7 +111,7 @@ class SavedOutcome:
                 lines.append(f"Exact join: largest relative error {s['max_error']:.2g} "
                              "(the rounding of the saved factors).")
             else:
-                worst = f" (worst: `{s['worst'][0][0]}`)" if s["worst"] else ""
+                worst = f" (worst: {code(s['worst'][0][0])})" if s["worst"] else ""
                 lines.append(f"Relative error ‖ΔW − T‖/‖T‖: mean {s['mean_error']:.3g}, "
                              f"max {s['max_error']:.3g}{worst}")
         return "  \n".join(lines)
@@ -119,7 +120,7 @@ class SavedOutcome:
         if not self.joined:
             return ""
         rows = ["| # | component | rank |", "|---|---|---|"]
-        rows += [f"| {i + 1} | {c.name} | {c.rank} |" for i, c in enumerate(self.layout.components)]
+        rows += [f"| {i + 1} | {literal(c.name)} | {c.rank} |" for i, c in enumerate(self.layout.components)]
         return "\n".join(rows)
 
     def as_json(self) -> dict:
@@ -193,7 +194,7 @@ class MergeService:
         try:
             return self.describe(label).markdown()
         except LoraMergeError as exc:
-            return f"⚠ {exc}"
+            return f"⚠ {literal(exc)}"
 
     # --- merging -------------------------------------------------------------------------------
     def check_request(self, req: MergeRequest) -> tuple[list[Path], list[float], list[str] | None, Path]:

@@ -10,6 +10,7 @@ from ..errors import LoraMergeError
 from ..family import LABELS
 from ..layout import layout_or_problem
 from ..loading import load_lora
+from .markdown_text import literal
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,10 @@ class InputInfo:
                  f"{self.modules} modules" + (f" ({self.conv_modules} conv)" if self.conv_modules else ""),
                  _size_text(self.size)]
         if self.joined:
-            parts.append("joined: " + ", ".join(f"{n} (r{r})" for n, r in self.components))
+            parts.append("joined: " + ", ".join(f"{literal(n)} (r{r})" for n, r in self.components))
         if self.layout_problem:
-            parts.append(f"⚠ join layout unusable (merged as one component; <ljl> refuses it): {self.layout_problem}")
+            parts.append(f"⚠ join layout unusable (merged as one component; {literal('<ljl>')} refuses it): "
+                         f"{literal(self.layout_problem)}")
         return " · ".join(parts)
 
 

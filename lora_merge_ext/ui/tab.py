@@ -114,9 +114,9 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
                                       elem_id="ljl_merge_measure")
                 with gr.Group(visible=False, elem_id="ljl_merge_svd_options") as svd_options:
                     with gr.Row():
-                        rank = gr.Number(value=0, precision=0, label="rank (0: the largest input rank; "
+                        rank = gr.Number(value=0, label="rank (0: the largest input rank; "
                                          "the cap, with dynamic rank)", elem_id="ljl_merge_rank")
-                        conv_rank = gr.Number(value=0, precision=0, label="conv rank (0: same as rank)",
+                        conv_rank = gr.Number(value=0, label="conv rank (0: same as rank)",
                                               elem_id="ljl_merge_conv_rank")
                     dynamic = gr.Checkbox(value=False, label="dynamic rank: keep this fraction of the energy",
                                           elem_id="ljl_merge_dynamic")
@@ -191,13 +191,15 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
         add_row.click(lambda c: on_rows(c, +1), inputs=[shown], outputs=row_outputs)
         remove_row.click(lambda c: on_rows(c, -1), inputs=[shown], outputs=row_outputs)
 
-        def on_refresh():
+        def on_refresh(*picked):
             labels, subs = callbacks.refresh(service)
-            return [*[gr.update(choices=labels) for _ in pickers], gr.update(info=subfolder_info(subs)),
-                    gr.update(choices=labels)]
+            # a picked file that is gone is unpicked (its info line follows through the picker's change)
+            return [*[gr.update(choices=labels) if not value or value in labels else gr.update(choices=labels, value=None)
+                      for value in picked],
+                    gr.update(info=subfolder_info(subs)), gr.update(choices=labels)]
 
-        refresh.click(on_refresh, inputs=[], outputs=[*pickers, subfolder, tag_file])
-        demo.load(on_refresh, inputs=None, outputs=[*pickers, subfolder, tag_file])  # a reloaded page: fresh lists
+        refresh.click(on_refresh, inputs=pickers, outputs=[*pickers, subfolder, tag_file])
+        demo.load(on_refresh, inputs=pickers, outputs=[*pickers, subfolder, tag_file])  # a reloaded page: fresh lists
 
         def mode_views(m):
             return [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd"),
