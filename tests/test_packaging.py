@@ -84,6 +84,7 @@ def test_the_ui_extra_installs_the_gradio_4_set_the_tests_run_on():
             pins[canonicalize_name(name)] = version.strip()
     for spec in map(Requirement, extra):
         assert canonicalize_name(spec.name) in pins, spec.name
-        assert spec.specifier.contains(pins[canonicalize_name(spec.name)]), (str(spec), pins[canonicalize_name(spec.name)])
+        pinned = pins[canonicalize_name(spec.name)]
+        assert spec.specifier.contains(pinned), (str(spec), pinned)
     named = {canonicalize_name(Requirement(s).name) for s in extra}
     assert {"gradio", "fastapi", "starlette", "huggingface-hub"} <= named  # the ones newer releases broke

@@ -290,4 +290,5 @@ def test_names_and_values_from_files_and_users_are_not_read_as_markup():
     for text in ("__init__", "1*4,0*4", "<b>x</b> & more", "a|b", "[x](http://y)", "~~s~~", "back\\slash", "`t`"):
         assert shown(literal(text)) == text
         assert "<" not in literal(text) and not re.search(r"(?<!\\)[*_`|\[\]~]", literal(text))
-    assert code("`t`") == "`` `t` ``" and code("a``b") == "```a``b```" and code("plain.safetensors") == "`plain.safetensors`"
+    assert code("`t`") == "`` `t` ``" and code("a``b") == "```a``b```"
+    assert code("plain.safetensors") == "`plain.safetensors`"

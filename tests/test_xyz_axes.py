@@ -132,7 +132,8 @@ def test_api_txt2img_runs_the_axes(sd1):
     index = axis(plot_script(), SIGMA)
     response = client.post("/sdapi/v1/txt2img", json={
         "prompt": "a cat <ljl:J:1,1>", "seed": SEED, "script_name": "x/y/z plot",
-        "script_args": [index, '"1,0", "0,1"', [], 0, "", [], 0, "", [], True, False, False, False, False, False, False, 0, False]})
+        "script_args": [index, '"1,0", "0,1"', [], 0, "", [], 0, "", [],
+                        True, False, False, False, False, False, False, 0, False]})
     assert response.status_code == 200, response.text
     images = decode_images(response.json()["images"])
     assert len(images) == 2

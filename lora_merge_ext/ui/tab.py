@@ -194,8 +194,8 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
         def on_refresh(*picked):
             labels, subs = callbacks.refresh(service)
             # a picked file that is gone is unpicked (its info line follows through the picker's change)
-            return [*[gr.update(choices=labels) if not value or value in labels else gr.update(choices=labels, value=None)
-                      for value in picked],
+            return [*[gr.update(choices=labels) if not value or value in labels
+                      else gr.update(choices=labels, value=None) for value in picked],
                     gr.update(info=subfolder_info(subs)), gr.update(choices=labels)]
 
         refresh.click(on_refresh, inputs=pickers, outputs=[*pickers, subfolder, tag_file])

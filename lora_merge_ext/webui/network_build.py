@@ -128,8 +128,9 @@ def build_network(host, sd_model, entry, mentioned_name: str, lora, layout, per_
         else:
             scaled = t.factor * c.reshape((-1,) + (1,) * (t.factor.dim() - 1))
         module = _with_factor(t.host_module, t.side, scaled, net)
-        if not block_is_finite(getattr(module, f"{t.side}_model").weight.detach()):
+        weight = getattr(module, f"{t.side}_model").weight.detach()
+        if not block_is_finite(weight):
             raise LoraMergeError(f"Σ, lbw and x give module {t.name} values too large for the model's "
-                                 f"{str(module.up_model.weight.dtype).replace('torch.', '')}; use smaller values")
+                                 f"{str(weight.dtype).replace('torch.', '')}; use smaller values")
         net.modules[t.host_module.sd_key] = module
     return net

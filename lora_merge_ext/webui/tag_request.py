@@ -55,7 +55,7 @@ def read_tag(items) -> TagRequest:
         raise LoraMergeError(f"the LoRA name is empty; write {FORM}")
     options: dict[str, str] = {}
     for index, item in enumerate(items[1:], start=1):
-        foreign, eq, _ = item.partition("=")
+        foreign = item.partition("=")[0]
         if item.count("=") == 1 and foreign.strip() in LBW_ONLY_OPTIONS:  # two or more: a named vector
             raise LoraMergeError(f"{foreign.strip()}= is a lora-block-weight option that <ljl> does not support "
                                  f"(<ljl> takes {', '.join(k + '=' for k in OPTION_KEYS if k != 'dyn')})")
