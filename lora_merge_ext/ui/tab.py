@@ -191,15 +191,13 @@ def build_tab(service_or_dirs: MergeService | LoraLibrary | Sequence[str | os.Pa
         add_row.click(lambda c: on_rows(c, +1), inputs=[shown], outputs=row_outputs)
         remove_row.click(lambda c: on_rows(c, -1), inputs=[shown], outputs=row_outputs)
 
-        def on_refresh(*picked):
+        def on_refresh():
             labels, subs = callbacks.refresh(service)
-            # a picked file that is gone is unpicked (its info line follows through the picker's change)
-            return [*[gr.update(choices=labels) if not value or value in labels
-                      else gr.update(choices=labels, value=None) for value in picked],
-                    gr.update(info=subfolder_info(subs)), gr.update(choices=labels)]
+            return [*[gr.update(choices=labels) for _ in pickers], gr.update(info=subfolder_info(subs)),
+                    gr.update(choices=labels)]
 
-        refresh.click(on_refresh, inputs=pickers, outputs=[*pickers, subfolder, tag_file])
-        demo.load(on_refresh, inputs=pickers, outputs=[*pickers, subfolder, tag_file])  # a reloaded page: fresh lists
+        refresh.click(on_refresh, inputs=[], outputs=[*pickers, subfolder, tag_file])
+        demo.load(on_refresh, inputs=None, outputs=[*pickers, subfolder, tag_file])  # a reloaded page: fresh lists
 
         def mode_views(m):
             return [gr.update(info=MODE_HELP.get(m, "")), gr.update(visible=m == "svd"),
