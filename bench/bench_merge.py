@@ -4,8 +4,10 @@ Measured in one run, against baselines measured in the same run:
 - svd (factored QR + small SVD) vs a dense baseline that builds every ΔW and calls torch.linalg.svd
   (full_matrices=True, as sd-scripts' svd_merge_lora does), with the mean relative error of both;
 - concat (merge + save) vs the I/O floor: safetensors load of the inputs plus save of the output;
-  "cold" is a first merge of the inputs, which hashes them (provenance), "warm" a merge of inputs
-  whose hashes this process remembers (hash_memo: the tab merging the same files again);
+  "cold" is a first merge of inputs that declare their sshs_model_hash, as sd-scripts writes it into
+  every LoRA it trains (the provenance records that hash, as the WebUI shows it); "unhashed" a first
+  merge of the same inputs without it, which hashes them; "warm" a merge of inputs this process has
+  read before (hash_memo: the tab merging the same files again);
 - peak resident memory of the svd merge in a fresh process vs inputs + output + 1 GiB (and, for
   comparison, that of a concat, which is streamed to its file).
 
@@ -30,8 +32,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from lora_factory import make_lora  # noqa: E402
+from lora_factory import FAMILY_OF_SPEC, make_tensors, write_lora  # noqa: E402
 from lora_merge_ext import api, hash_memo  # noqa: E402
+from lora_merge_ext.safetensors_io import tensor_data_sha256  # noqa: E402
 
 CONFIGS = [("SD1.5", "sd15_lora", 32), ("SD1.5", "sd15_lora", 128), ("SDXL", "sdxl_lora", 32), ("SDXL", "sdxl_lora", 64)]
 GiB = 2 ** 30
@@ -58,6 +61,18 @@ def dense_svd_baseline(paths: list[Path], weights: list[float], rank: int) -> tu
         approx = (u[:, :rank] * s[:rank]) @ vh[:rank]
         errors.append(float((approx - delta).norm() / delta.norm()))
     return time.perf_counter() - start, sum(errors) / len(errors)
+
+
+def input_pair(tmp: Path, spec: str, rank: int) -> tuple[list[Path], list[Path]]:
+    """Two fp16 LoRAs as sd-scripts writes them (with sshs_model_hash), and the same two without it."""
+    declared, plain = [], []
+    for k in (1, 2):
+        tensors = make_tensors(spec, rank=rank, alpha=rank / 2, seed=k, dtype=torch.float16)
+        plain.append(write_lora(tmp / f"{spec}_{rank}_{k}_unhashed.safetensors", tensors, FAMILY_OF_SPEC[spec]))
+        declared.append(write_lora(tmp / f"{spec}_{rank}_{k}.safetensors", tensors, FAMILY_OF_SPEC[spec],
+                                   {"sshs_model_hash": tensor_data_sha256(plain[-1])}))
+    hash_memo.forget_all()
+    return declared, plain
 
 
 REPEATS = 5  # concat and the floor are timed this many times each, alternating; the best of each counts
@@ -121,12 +136,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for family, spec, rank in configs:
-            paths = [make_lora(tmp / f"{spec}_{rank}_{k}.safetensors", spec, rank=rank, alpha=rank / 2, seed=k,
-                               dtype=torch.float16) for k in (1, 2)]
+            paths, unhashed = input_pair(tmp, spec, rank)
             in_size = sum(p.stat().st_size for p in paths)
             time.sleep(hash_memo.SETTLED_NS / 1e9)  # files written just now are never remembered
             row = {"config": f"{family} r{rank}", "inputs_MiB": in_size / 2 ** 20}
-            t_cold, t_warm, t_floor = [], [], []
+            t_cold, t_unhashed, t_warm, t_floor = [], [], [], []
             kept = tmp / f"{spec}_{rank}_concat.safetensors"  # the floor saves these tensors
             timed_merge(paths, kept, "concat", None, args.device)
             for k in range(REPEATS):
@@ -136,9 +150,14 @@ def main() -> None:
                 t_floor.append(io_floor(paths, kept, k))
                 t_warm.append(timed_merge(paths, tmp / f"{spec}_{rank}_warm{k}.safetensors", "concat", None,
                                           args.device, remove=True)[0])
-            t_cold, t_warm, t_floor = min(t_cold), min(t_warm), min(t_floor)
-            row.update(concat_s=t_cold, warm_s=t_warm, io_floor_s=t_floor, concat_vs_io=t_cold / t_floor,
-                       warm_vs_io=t_warm / t_floor)
+                hash_memo.forget_all()
+                t_unhashed.append(timed_merge(unhashed, tmp / f"{spec}_{rank}_unhashed{k}.safetensors", "concat",
+                                              None, args.device, remove=True)[0])
+            t_cold, t_unhashed, t_warm, t_floor = min(t_cold), min(t_unhashed), min(t_warm), min(t_floor)
+            row.update(concat_s=t_cold, unhashed_s=t_unhashed, warm_s=t_warm, io_floor_s=t_floor,
+                       concat_vs_io=t_cold / t_floor, unhashed_vs_io=t_unhashed / t_floor, warm_vs_io=t_warm / t_floor)
+            for p in unhashed:
+                p.unlink()
             t_svd, report = timed_merge(paths, tmp / f"{spec}_{rank}_svd.safetensors", "svd", rank, args.device)
             row.update(svd_s=t_svd, svd_error=report.summary()["mean_error"])
             if not args.no_dense and (args.dense_all or (family, rank) == ("SD1.5", 32)):
@@ -155,14 +174,16 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("config", "inputs", "concat cold", "concat warm", "I/O floor", "cold/IO", "warm/IO", "svd", "dense svd",
+    head = ("config", "inputs", "concat cold", "unhashed", "concat warm", "I/O floor", "cold/IO", "unhashed/IO",
+            "warm/IO", "svd", "dense svd",
             "speedup",
             "err svd", "err dense", "svd peak RSS", "budget", "concat peak RSS")
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in rows:
-        cells = [r["config"], f"{r['inputs_MiB']:.0f} MiB", f"{r['concat_s']:.2f} s", f"{r['warm_s']:.2f} s",
-                 f"{r['io_floor_s']:.2f} s", f"{r['concat_vs_io']:.2f}×", f"{r['warm_vs_io']:.2f}×", f"{r['svd_s']:.2f} s",
+        cells = [r["config"], f"{r['inputs_MiB']:.0f} MiB", f"{r['concat_s']:.2f} s", f"{r['unhashed_s']:.2f} s",
+                 f"{r['warm_s']:.2f} s", f"{r['io_floor_s']:.2f} s", f"{r['concat_vs_io']:.2f}×",
+                 f"{r['unhashed_vs_io']:.2f}×", f"{r['warm_vs_io']:.2f}×", f"{r['svd_s']:.2f} s",
                  f"{r['dense_s']:.1f} s" if "dense_s" in r else "—",
                  f"{r['speedup']:.0f}×" if "speedup" in r else "—",
                  f"{r['svd_error']:.4f}", f"{r['dense_error']:.4f}" if "dense_error" in r else "—",

@@ -25,6 +25,7 @@ from .pointwise import flat_modules_to_widen
 from .presets import as_presets
 from .realize import multiplier, realize_lora
 from .safetensors_header import show
+from .safetensors_io import input_hash
 from .safetensors_write import save_safetensors_atomic
 from .sigma import parse_sigma
 from .workers import map_in_workers, worker_count
@@ -85,7 +86,7 @@ def merge(inputs: list, *, mode: str = "concat", weights=None, lbw=None, rank: i
     result = merge_loras(loras, names, mode=mode, weights=weights, lbw=lbw, rank=rank, conv_rank=conv_rank,
                          energy=energy, device=device, presets=presets, progress=progress, report=report,
                          dtype=target)
-    provenance = _provenance(mode, names, loras, [l.file_hash() for l in loras], weights, lbw)
+    provenance = _provenance(mode, names, loras, [input_hash(l) for l in loras], weights, lbw)
     if provenance["mode"] == "svd":
         provenance.update(rank=result.rank, conv_rank=result.conv_rank, energy=energy)
     result.lora.metadata = output_metadata(result.lora, loras, provenance)
@@ -152,12 +153,13 @@ def _stream_concat(inputs, output, weights, lbw, presets, dtype, overwrite, prot
 
 
 def _provenance(mode: str, names: list[str], loras: list, hashes: list, weights, lbw) -> dict:
-    """The ljl_provenance record of a merge: mode, and each input's name, file, hash, weight and lbw."""
+    """The ljl_provenance record of a merge: mode, and each input's name, file, hash (with where it
+    comes from, see input_hash), weight and lbw."""
     ws, specs = input_weights(weights, len(loras)), input_lbw_specs(lbw, len(loras))
     return {"mode": canonical_mode(mode),
             "inputs": [{"name": n, "file": os.path.basename(l.path) if l.path else None,
-                        "sha256": h, "weight": w, "lbw": s}
-                       for n, l, h, w, s in zip(names, loras, hashes, ws, specs)]}
+                        "sha256": h, "sha256_from": source, "weight": w, "lbw": s}
+                       for n, l, (h, source), w, s in zip(names, loras, hashes, ws, specs)]}
 
 
 def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float = 1.0, presets=None) -> LoraFile:
@@ -168,8 +170,8 @@ def realize(lora, sigma, *, lbw: str | None = None, te: float = 1.0, unet: float
     te, unet = multiplier(te, "te"), multiplier(unet, "unet")
     weights = parse_lbw(lbw, lora.family, as_presets(presets)) if lbw else None  # preset.txt is read for names only
     out = realize_lora(lora, layout, per_rank, weights, te, unet)
-    source = {"file": os.path.basename(lora.path) if lora.path else None,
-              "sha256": lora.file_hash()}
+    sha256, sha256_from = input_hash(lora)
+    source = {"file": os.path.basename(lora.path) if lora.path else None, "sha256": sha256, "sha256_from": sha256_from}
     out.metadata = output_metadata(out, [lora], {"mode": "realize", "inputs": [source],
                                                  "sigma": sigma if isinstance(sigma, str) else per_rank,
                                                  "lbw": lbw, "te": te, "unet": unet})

@@ -27,10 +27,11 @@ from .lora_file import LoraFile
 from .merge import MergePlan
 from .merge_report import MergeReport, ReportRow
 from .ordered_writer import BUFFER_BYTES, OrderedWriter
+from .safetensors_io import declared_hash, input_hash
 from .safetensors_write import HASH_PLACEHOLDER, entries_json, header_bytes, kohya_legacy_hash
 from .workers import one_torch_thread, worker_count
 
-Metadata = Callable[[list[str]], dict[str, str]]  # the output's metadata, given the inputs' hashes
+Metadata = Callable[[list[tuple[str, str]]], dict[str, str]]  # the output's metadata, given input_hash of each input
 AVAILABLE = all(hasattr(os, f) for f in ("pread", "preadv", "pwrite"))  # not on Windows: merge in memory there
 
 
@@ -44,7 +45,8 @@ def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metad
     input turns out to hold NaN or Inf or changes meanwhile (nothing is written then)."""
     entries = _entries(result)
     table = entries_json([(key, dtype, shape) for key, _, _, shape, dtype in entries])
-    meta = metadata([HASH_PLACEHOLDER] * len(loras))
+    meta = metadata([input_hash(lora) if declared_hash(lora.metadata) else (HASH_PLACEHOLDER, "data")
+                     for lora in loras])
     meta.update(sshs_legacy_hash="0" * 8, sshs_model_hash=HASH_PLACEHOLDER)
     head_length = len(header_bytes(table, meta))
     data_length = sum(math.prod(shape) * dtype.itemsize for *_, shape, dtype in entries)
@@ -70,8 +72,8 @@ def write_concat(loras: list[LazyLora], plan: MergePlan, result: LoraFile, metad
             raise
         if not writer.passed:
             raise Unstreamable("a NaN or Inf in an input, or a value too large for the output dtype")
-        hashes = [lora.file_hash() for lora in loras]
-        if None in hashes or not all(lora.unchanged() for lora in loras):
+        hashes = [input_hash(lora) for lora in loras]
+        if any(h is None for h, _ in hashes) or not all(lora.unchanged() for lora in loras):
             raise Unstreamable("an input changed while it was being read")
         final = metadata(hashes)
         final["sshs_legacy_hash"] = kohya_legacy_hash(

@@ -25,7 +25,7 @@ from .family import detect_family
 from .loading import alpha_value, check_factor_shapes, group_keys, kohya_name
 from .lora_file import FactorShapes
 from .safetensors_header import TensorInfo, open_input_file, parse_open_header
-from .safetensors_io import TORCH_DTYPES, DataDigest, sha256_of_range
+from .safetensors_io import TORCH_DTYPES, DataDigest, declared_hash, sha256_of_range
 
 FACTOR_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -72,12 +72,18 @@ class LazyLora:
     digest: DataDigest | None = None
 
     def start_hash(self) -> None:
-        """Start computing the addnet hash on a thread of its own (unless it is remembered)."""
+        """Start computing the addnet hash on a thread of its own (unless it is remembered, or the
+        file declares one: see safetensors_io.input_hash)."""
+        if declared_hash(self.metadata) is not None:
+            return
         self.digest = DataDigest(partial(_sha256_of_file, self.path, self.ident, *self.data_range), self.ident,
                                  self.read_at_ns)
 
     def file_hash(self) -> str | None:
-        """The addnet hash of the file (None when it could not be read to the end); start_hash first."""
+        """The addnet hash of the file (None when it could not be read to the end); start_hash first
+        (for a file that declares its hash, this computes it now)."""
+        if self.digest is None:
+            return _sha256_of_file(self.path, self.ident, *self.data_range)
         return self.digest.hexdigest()
 
     def read_into(self, factor: FactorSource, out: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,8 @@ class OrderedWriter:
     """put(n, fill) queues the next n bytes of the file, which fill(buffer) writes into a uint8
     buffer of n bytes (on one of `workers` threads, or in the caller's when 0); finish() writes what
     is left and returns the sha256 of everything written.  A piece larger than BUFFER_BYTES gets a
-    buffer of its own.  check(piece), run on the hash thread, can refuse pieces: see passed."""
+    buffer of its own.  check(piece), run after fill where fill runs (the hash thread, the one that
+    takes longest, does nothing else), can refuse pieces: see passed."""
 
     def __init__(self, fd: int, offset: int, workers: int = 0, check: Check | None = None):
         self._fd, self._at = fd, offset
@@ -52,10 +53,15 @@ class OrderedWriter:
         buffer = self._free.get() if nbytes <= BUFFER_BYTES else torch.empty(nbytes, dtype=torch.uint8)
         piece = buffer[:nbytes]
         if self._pool is None:
-            fill(piece)
+            self._fill_and_check(fill, piece)
             self._pending.append((None, buffer, nbytes))
         else:
-            self._pending.append((self._pool.submit(fill, piece), buffer, nbytes))
+            self._pending.append((self._pool.submit(self._fill_and_check, fill, piece), buffer, nbytes))
+
+    def _fill_and_check(self, fill: Fill, piece: torch.Tensor) -> None:
+        fill(piece)
+        if self._check is not None and self.passed and not self._check(piece):
+            self.passed = False
 
     def finish(self) -> str:
         """Write the rest; the sha256 hex digest of all bytes written."""
@@ -91,7 +97,5 @@ class OrderedWriter:
         while (item := self._written.get()) is not None:
             buffer, used = item
             self._digest.update(memoryview(buffer.numpy())[:used])
-            if self._check is not None and self.passed and not self._check(buffer[:used]):
-                self.passed = False
             if buffer.numel() == BUFFER_BYTES:
                 self._free.put(buffer)

@@ -7,6 +7,7 @@ second thread while the caller goes on (the provenance of a merge needs that has
 from __future__ import annotations
 
 import hashlib
+import re
 import os
 import sys
 import threading
@@ -27,7 +28,7 @@ from .safetensors_write import legacy_hash, save_safetensors_atomic
 
 __all__ = ["TensorInfo", "read_header", "read_safetensors", "read_state_dict", "read_tensor_file",
            "read_state_file", "TensorFile", "DataDigest", "tensor_data_sha256", "a1111_hash", "legacy_hash",
-           "save_safetensors_atomic", "find_nonfinite"]
+           "declared_hash", "input_hash", "save_safetensors_atomic", "find_nonfinite"]
 
 TORCH_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8,
@@ -163,6 +164,7 @@ def read_tensor_file(path: os.PathLike | str, *, digest: bool = False) -> Tensor
         _check_bool(path, key, info, data, info.offsets[0])
         tensors[key] = _tensor_from_bytes(data, info, info.offsets[0])
     view = memoryview(data.numpy())
+    digest = digest and declared_hash(parsed.metadata) is None  # a merge records the declared one
     hashed = DataDigest(lambda: hashlib.sha256(view).hexdigest(), before, read_at) if digest else None
     return TensorFile(tensors, dict(parsed.metadata), hashed, data, _runs(parsed))
 
@@ -258,6 +260,29 @@ def tensor_data_sha256(path: os.PathLike | str) -> str:
         if _identity(f, path) == before:
             hash_memo.remember(before, hexdigest, read_at)
     return hexdigest
+
+
+_BOGUS = {hashlib.sha256(b"").hexdigest(), "0" * 64}  # no data at all (some trainers write it), a placeholder
+
+
+def declared_hash(metadata: dict[str, str]) -> str | None:
+    """The file's own sshs_model_hash, lower-cased, when it is a well-formed sha256 (not one of
+    _BOGUS): the hash the WebUI shows for the file and looks it up by."""
+    value = metadata.get("sshs_model_hash", "").strip().lower()
+    return value if _HEX64.fullmatch(value) and value not in _BOGUS else None
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def input_hash(lora) -> tuple[str | None, str]:
+    """(hash, where it comes from) that a merge records for an input (a LoraFile or LazyLora): the
+    sshs_model_hash it declares, as the WebUI does ("Lora hashes", the hash lookup), which spares
+    hashing the file; else the addnet hash of its data, computed (None when it could not be read)."""
+    declared = declared_hash(lora.metadata)
+    if declared is not None:
+        return declared, "sshs_model_hash"
+    return lora.file_hash(), "data"
 
 
 def a1111_hash(path: os.PathLike | str) -> str:
