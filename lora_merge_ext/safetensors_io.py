@@ -2,13 +2,14 @@
 
 read_header / read_safetensors / read_state_dict never raise anything but LoraMergeError on a bad
 file. A whole safetensors file is read with one read of its data section, which is hashed on a
-second thread while the caller goes on (the provenance of a merge needs that hash).
+second thread while the caller goes on (the provenance of a merge needs that hash), unless the file
+declares its hash (input_hash).
 """
 from __future__ import annotations
 
 import hashlib
-import re
 import os
+import re
 import sys
 import threading
 import time
