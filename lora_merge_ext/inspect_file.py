@@ -36,7 +36,7 @@ def describe(path: str) -> dict:
         "bundled_embeddings": embedding_names(lora.embeddings),
         "sha256": digest,
         "shorthash": digest[:12] if digest else None,
-        "stored_hash_matches": None if stored is None or digest is None else stored == digest,
+        "stored_hash_matches": None if stored is None or digest is None else stored.lower() == digest,  # hex in either case
         "metadata": dict(sorted(lora.metadata.items())),  # whole: --json readers parse ljl_provenance
     }
 

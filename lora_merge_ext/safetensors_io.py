@@ -267,23 +267,25 @@ _BOGUS = {hashlib.sha256(b"").hexdigest(), "0" * 64}  # no data at all (some tra
 
 
 def declared_hash(metadata: dict[str, str]) -> str | None:
-    """The file's own sshs_model_hash, lower-cased, when it is a well-formed sha256 (not one of
-    _BOGUS): the hash the WebUI shows for the file and looks it up by."""
-    value = metadata.get("sshs_model_hash", "").strip().lower()
-    return value if _HEX64.fullmatch(value) and value not in _BOGUS else None
+    """The file's own sshs_model_hash, as stored (the WebUI shows it and looks the file up by it as
+    it is), when it is a sha256 hex digest and not a placeholder (_BOGUS, in either case)."""
+    value = metadata.get("sshs_model_hash", "")
+    return value if _HEX64.fullmatch(value) and value.lower() not in _BOGUS else None
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-def input_hash(lora) -> tuple[str | None, str]:
+def input_hash(lora) -> tuple[str | None, str | None]:
     """(hash, where it comes from) that a merge records for an input (a LoraFile or LazyLora): the
     sshs_model_hash it declares, as the WebUI does ("Lora hashes", the hash lookup), which spares
-    hashing the file; else the addnet hash of its data, computed (None when it could not be read)."""
+    hashing the file; else the hash the WebUI computes, of its data (of the whole file when pickled);
+    (None, None) for a LoRA made in memory."""
     declared = declared_hash(lora.metadata)
     if declared is not None:
         return declared, "sshs_model_hash"
-    return lora.file_hash(), "data"
+    computed = lora.file_hash()
+    return computed, "data" if computed is not None else None
 
 
 def a1111_hash(path: os.PathLike | str) -> str:

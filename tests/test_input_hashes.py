@@ -8,6 +8,7 @@ import pytest
 
 from lora_factory import make_lora
 from lora_merge_ext import api, hash_memo, lazy_lora
+from lora_merge_ext.inspect_file import describe
 from lora_merge_ext.loading import load_lora
 from lora_merge_ext.safetensors_io import declared_hash
 
@@ -41,9 +42,9 @@ def inputs(tmp_path):
 
 
 @pytest.mark.parametrize("value, expected", [
-    (DECLARED, DECLARED), (DECLARED.upper(), DECLARED), (f" {DECLARED}\n", DECLARED),
-    ("0" * 64, None),  # a placeholder
-    (hashlib.sha256(b"").hexdigest(), None),  # the hash of no data, which some trainers write
+    (DECLARED, DECLARED), (DECLARED.upper(), DECLARED.upper()),  # as stored: the WebUI uses it so
+    (f" {DECLARED}\n", None), ("0" * 64, None),  # a placeholder
+    (hashlib.sha256(b"").hexdigest(), None), (hashlib.sha256(b"").hexdigest().upper(), None),  # no data at all
     (DECLARED[:-1], None), (DECLARED + "a", None), ("0x" + DECLARED[2:], None), ("zz" * 32, None), ("", None),
 ])
 def test_only_a_well_formed_declared_hash_counts(value, expected):
@@ -57,7 +58,7 @@ def test_a_merge_records_the_declared_hash_and_computes_the_others(inputs, tmp_p
     kw = dict(mode=mode, weights=[1.0, -0.5], rank=6 if mode == "svd" else None)
     saved, _ = api.merge_to_file([a, b], tmp_path / "out.safetensors", **kw)
     entries = provenance(saved.path)["inputs"]
-    assert [(e["sha256"], e["sha256_from"]) for e in entries] == [(DECLARED, "sshs_model_hash"),
+    assert [(e["sha256"], e["sha256_from"]) for e in entries] == [(DECLARED.upper(), "sshs_model_hash"),
                                                                   (data_sha256(b), "data")]
     meta = header_of(saved.path)[0]["__metadata__"]
     assert meta["sshs_model_hash"] == data_sha256(saved.path) != DECLARED
@@ -96,3 +97,21 @@ def test_realize_records_the_declared_hash(tmp_path):
     source = json.loads(baked.metadata["ljl_provenance"])["inputs"][0]
     assert source == {"file": "joined.safetensors", "sha256": joined.sha256, "sha256_from": "sshs_model_hash"}
     assert joined.sha256 == data_sha256(joined.path)  # our own files declare the hash of their data
+
+
+def test_a_lora_made_in_memory_records_no_hash(inputs):
+    a, b = inputs
+    joined = api.merge([a, b]).lora  # not saved: no file, no declared hash
+    entries = json.loads(api.merge([joined, b]).lora.metadata["ljl_provenance"])["inputs"]
+    assert [(e["file"], e["sha256"], e["sha256_from"]) for e in entries] == [
+        (None, None, None), ("b.safetensors", data_sha256(b), "data")]
+
+
+def test_inspect_takes_a_declared_hash_in_capitals_as_matching(tmp_path):
+    plain = make_lora(tmp_path / "p.safetensors", "sd15_lora", rank=4, seed=1, keep=KEEP)
+    upper = make_lora(tmp_path / "u.safetensors", "sd15_lora", rank=4, seed=1, keep=KEEP,
+                      metadata={"sshs_model_hash": data_sha256(plain).upper()})
+    wrong = make_lora(tmp_path / "w.safetensors", "sd15_lora", rank=4, seed=1, keep=KEEP,
+                      metadata={"sshs_model_hash": DECLARED})
+    assert describe(str(upper))["stored_hash_matches"] is True
+    assert describe(str(wrong))["stored_hash_matches"] is False
