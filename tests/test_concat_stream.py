@@ -67,7 +67,8 @@ def _cases(tmp):
              sd15("r.safetensors", rank=2, seed=7, alpha=1.0)],
             dict(weights=[1.0, 2.0, -1.0], lbw=["", "0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0.5", "MIDD"], dtype="bf16")),
         "SDXL kohya and PEFT, bf16 out": ([make_lora(tmp / "k_xl.safetensors", "sdxl_lora", rank=4, seed=8,
-                                                     keep=SDXL_FEW), peft_xl], dict(weights=[1.0, 0.25], dtype="bf16")),
+                                                     keep=SDXL_FEW, metadata={"sshs_model_hash": "AB" * 32}),
+                                           peft_xl], dict(weights=[1.0, 0.25], dtype="bf16")),  # a declared hash
     }
 
 
